@@ -1,0 +1,1 @@
+"""Policy learners: a2c (the reference imagination learner); gae helpers."""

@@ -1,0 +1,218 @@
+"""Configuration: one frozen dataclass and the presets (paper, cpu, smoke), in one place.
+
+Everything static (shapes, counts, flags) lives in `Config`; nothing inside `jit` reads
+globals or flags. Entry points only choose a preset and override a few fields.
+Source of the `paper` numbers: ../shared/DESIGN.md §1 (PolyGRAD / AGD-MBRL reference code).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+TASKS = ("halfcheetah", "hopper", "walker2d", "reacher")
+BACKENDS = ("mjx", "spring", "positional", "generalized")
+GUIDES = ("none", "sag", "eag", "reward")
+AGENTS = ("a2c", "ppo", "trpo")
+PRESETS = ("auto", "paper", "cpu", "smoke")
+
+# Reference state-guidance scales c (AGD-MBRL): sag 4, eag 3; the reward guide has no
+# published value, 1.0 is ours.
+DEFAULT_GUIDE_SCALE = {"none": 0.0, "sag": 4.0, "eag": 3.0, "reward": 1.0}
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed; the message names the field and the allowed values."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All static settings of one run (every seed of a run shares them)."""
+
+    # --- what to run
+    task: str = "halfcheetah"
+    backend: str = "mjx"
+    guide: str = "none"
+    agent: str = "a2c"
+    model_free: bool = False
+    guide_scale: Optional[float] = None  # state-guide scale c; None -> DEFAULT_GUIDE_SCALE
+    preset: str = "paper"
+
+    # --- environment and schedule (env steps count real transitions over all n_envs)
+    n_envs: int = 10
+    steps_per_iter: int = 100  # per environment; one iteration collects n_envs * steps_per_iter
+    episode_length: int = 1000
+    total_env_steps: int = 1_500_000
+    prefill_steps: int = 5000  # random-action steps before learning, not counted
+    diffusion_steps_per_env_step: float = 1.0
+    agent_updates_per_env_step: float = 0.25
+    agent_start_env_steps: int = 1000
+    eval_every: int = 10_000
+    eval_episodes: int = 20
+    iters_per_chunk: int = 10  # iterations per compiled chunk (one progress / logging step)
+    replay_capacity: int = 1_505_000  # transitions kept over all envs (reference keeps all)
+
+    # --- trajectory diffusion world model
+    horizon: int = 10
+    n_diffusion_steps: int = 128
+    tau: float = 1.0  # cosine-schedule temperature
+    denoiser_hidden: int = 1024
+    denoiser_blocks: int = 6
+    diffusion_batch: int = 256
+    diffusion_lr: float = 3e-4
+    ema_decay: float = 0.99
+    ema_every: int = 10
+    ema_start: int = 2000
+    clamp_last_steps: int = 10  # clamp mu_t - x_t to +-clamp_value for t <= this
+    clamp_value: float = 0.25
+    reward_model_hidden: int = 256
+
+    # --- policy guidance (PolyGRAD) on actions
+    delta_init: float = 0.005
+    lr_delta: float = 3e-3
+    action_clip_sigmas: float = 3.0
+
+    # --- agent (imagination learner)
+    agent_batch: int = 512
+    gamma: float = 0.99
+    gae_lambda: float = 0.9
+    hidden: int = 256
+    critic_lr: float = 3e-4
+    actor_lr_max: float = 3e-5
+    actor_lr_init: float = 3e-5
+    target_logprob_change: float = 0.01
+    entropy_coef: float = 1e-5
+    max_grad_norm: float = 0.1
+    weight_decay: float = 1e-4
+    target_critic_decay: float = 0.995
+    init_std: float = 1.0
+    min_std: float = 0.1
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def env_steps_per_iter(self) -> int:
+        return self.n_envs * self.steps_per_iter
+
+    @property
+    def n_iters(self) -> int:
+        return self.total_env_steps // self.env_steps_per_iter
+
+    @property
+    def diffusion_updates_per_iter(self) -> int:
+        return int(round(self.env_steps_per_iter * self.diffusion_steps_per_env_step))
+
+    @property
+    def agent_updates_per_iter(self) -> int:
+        return int(round(self.env_steps_per_iter * self.agent_updates_per_env_step))
+
+    @property
+    def c(self) -> float:
+        """The state-guide scale c actually used."""
+        return DEFAULT_GUIDE_SCALE[self.guide] if self.guide_scale is None else self.guide_scale
+
+    @property
+    def capacity_per_env(self) -> int:
+        return max(self.replay_capacity // self.n_envs, self.horizon + 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ConfigError(f"--{name}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def _check_positive(name, value):
+    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+        raise ConfigError(f"--{name}={value!r} must be a positive number")
+
+
+def validate(cfg: Config) -> Config:
+    """Checks every field a user can set; raises ConfigError with a one-line message."""
+    _check_choice("task", cfg.task, TASKS)
+    _check_choice("backend", cfg.backend, BACKENDS)
+    _check_choice("guide", cfg.guide, GUIDES)
+    _check_choice("agent", cfg.agent, AGENTS)
+    _check_choice("preset", cfg.preset, PRESETS[1:])
+    for name in ("n_envs", "steps_per_iter", "episode_length", "total_env_steps", "eval_every",
+                 "eval_episodes", "iters_per_chunk", "horizon", "n_diffusion_steps",
+                 "denoiser_hidden", "denoiser_blocks", "diffusion_batch", "agent_batch", "tau"):
+        _check_positive(name, getattr(cfg, name))
+    if cfg.prefill_steps < 0:
+        raise ConfigError(f"--prefill_steps={cfg.prefill_steps} must be >= 0")
+    if cfg.guide_scale is not None and not (math.isfinite(cfg.guide_scale) and cfg.guide_scale >= 0):
+        raise ConfigError(f"--guide_scale={cfg.guide_scale!r} must be a finite number >= 0")
+    if cfg.model_free and cfg.guide != "none":
+        raise ConfigError(f"--guide={cfg.guide} is not allowed with --model_free; use --guide=none")
+    if cfg.horizon < 2:
+        raise ConfigError(f"--horizon={cfg.horizon} must be >= 2")
+    if cfg.total_env_steps % cfg.env_steps_per_iter:
+        raise ConfigError(
+            f"--total_env_steps={cfg.total_env_steps} must be a multiple of n_envs*steps_per_iter "
+            f"= {cfg.env_steps_per_iter}")
+    if cfg.eval_every % cfg.env_steps_per_iter:
+        raise ConfigError(
+            f"eval_every={cfg.eval_every} must be a multiple of n_envs*steps_per_iter "
+            f"= {cfg.env_steps_per_iter}")
+    for name, ratio in (("diffusion_steps_per_env_step", cfg.diffusion_steps_per_env_step),
+                        ("agent_updates_per_env_step", cfg.agent_updates_per_env_step)):
+        n = cfg.env_steps_per_iter * ratio
+        if ratio < 0 or abs(n - round(n)) > 1e-9:
+            raise ConfigError(f"{name}={ratio} times {cfg.env_steps_per_iter} env steps per "
+                              f"iteration must be a whole number >= 0")
+    if cfg.prefill_steps % cfg.n_envs:
+        raise ConfigError(f"prefill_steps={cfg.prefill_steps} must be a multiple of n_envs={cfg.n_envs}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------- presets
+# `paper`: the reference numbers of DESIGN §1. `cpu`: a smaller denoiser, batch and number
+# of diffusion steps so a 100k-step HalfCheetah seed takes about half an hour on 2 cores.
+# `smoke`: seconds, for tests.
+_PRESETS = {
+    "paper": dict(),
+    "cpu": dict(
+        n_envs=10, steps_per_iter=100, total_env_steps=100_000, replay_capacity=105_000,
+        n_diffusion_steps=32, denoiser_hidden=256, denoiser_blocks=2, diffusion_batch=128,
+        agent_batch=128, eval_episodes=10, iters_per_chunk=5,
+    ),
+    "smoke": dict(
+        n_envs=2, steps_per_iter=8, total_env_steps=64, prefill_steps=32, replay_capacity=256,
+        episode_length=20, agent_start_env_steps=16, eval_every=32, eval_episodes=2,
+        iters_per_chunk=2, horizon=4, n_diffusion_steps=4, denoiser_hidden=32,
+        denoiser_blocks=1, diffusion_batch=8, agent_batch=8, hidden=32, ema_start=4,
+        ema_every=2, reward_model_hidden=16, diffusion_steps_per_env_step=0.25,
+    ),
+}
+# Task-specific reference values (PolyGRAD: hopper tau 0.1, budget 1.0M).
+_TASK_OVERRIDES = {
+    "paper": {"hopper": dict(tau=0.1, total_env_steps=1_000_000, replay_capacity=1_005_000)},
+    "cpu": {"hopper": dict(tau=0.1)},
+    "smoke": {"hopper": dict(tau=0.1)},
+}
+
+
+def make_config(task: str = "halfcheetah", preset: str = "paper", **overrides) -> Config:
+    """The preset's config for `task`, with `overrides` applied, validated.
+
+    Raises:
+      ConfigError: an unknown preset/task or a field value that is not allowed.
+    """
+    _check_choice("preset", preset, PRESETS[1:])
+    _check_choice("task", task, TASKS)
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for k in overrides:
+        if k not in fields:
+            raise ConfigError(f"unknown config field {k!r}")
+    values = dict(_PRESETS[preset])
+    values.update(_TASK_OVERRIDES.get(preset, {}).get(task, {}))
+    values.update({k: v for k, v in overrides.items() if v is not None or k == "guide_scale"})
+    return validate(Config(task=task, preset=preset, **values))
+
+
+def resolve_preset(preset: str, platform: str) -> str:
+    """`auto` -> `paper` on an accelerator (gpu/tpu), `cpu` on a CPU."""
+    if preset != "auto":
+        return preset
+    return "cpu" if platform == "cpu" else "paper"

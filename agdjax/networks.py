@@ -1,0 +1,106 @@
+"""Actor, critic, reward model and the residual-MLP denoiser (flax.linen, pure `apply`).
+
+Sources: actor/critic — PolyGRAD reference (2x256 MLP, LayerNorm, ELU; policy
+Normal(tanh(MLP(s)), exp(b) + 0.1)); denoiser — `ResidualMLPDenoiser` of SynthER as used by
+PolyGRAD (DESIGN §1 'Denoiser').
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class MLP(nn.Module):
+    """Dense -> LayerNorm -> ELU for each hidden layer, then a Dense output."""
+    hidden: Sequence[int]
+    out: int
+
+    @nn.compact
+    def __call__(self, x):
+        for h in self.hidden:
+            x = nn.elu(nn.LayerNorm()(nn.Dense(h)(x)))
+        return nn.Dense(self.out)(x)
+
+
+class Actor(nn.Module):
+    """Gaussian policy on raw observations: returns (mean [.., act_dim], std [.., act_dim])."""
+    act_dim: int
+    hidden: int = 256
+    init_std: float = 1.0
+    min_std: float = 0.1
+
+    @nn.compact
+    def __call__(self, obs):
+        mean = jnp.tanh(MLP((self.hidden, self.hidden), self.act_dim)(obs))
+        b0 = math.log(self.init_std - self.min_std)
+        b = self.param("log_std", nn.initializers.constant(b0), (self.act_dim,))
+        std = jnp.exp(b) + self.min_std
+        return mean, jnp.broadcast_to(std, mean.shape)
+
+
+class Critic(nn.Module):
+    """State value V(s) on raw observations: obs [.., obs_dim] -> [..]."""
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, obs):
+        return MLP((self.hidden, self.hidden), 1)(obs)[..., 0]
+
+
+class RewardModel(nn.Module):
+    """r_phi(s, a) on raw obs/actions, for the `reward` guide: -> [..]."""
+    hidden: int = 256
+
+    @nn.compact
+    def __call__(self, obs, action):
+        return MLP((self.hidden, self.hidden), 1)(jnp.concatenate([obs, action], -1))[..., 0]
+
+
+def policy_dist(mean, std) -> distrax.Distribution:
+    """Diagonal Gaussian over actions (log_prob sums over the action dimension)."""
+    return distrax.MultivariateNormalDiag(mean, std)
+
+
+class RandomFourierTime(nn.Module):
+    """Random (fixed) Fourier features of the diffusion step t: [B] -> [B, 2*half + 1]."""
+    dim: int = 16
+
+    @nn.compact
+    def __call__(self, t):
+        w = self.param("w", nn.initializers.normal(1.0), (self.dim // 2,))
+        w = jax.lax.stop_gradient(w)  # random, not learned
+        t = t.astype(jnp.float32)[..., None]
+        f = t * w * 2 * math.pi
+        return jnp.concatenate([t, jnp.sin(f), jnp.cos(f)], -1)
+
+
+class ResidualMLPDenoiser(nn.Module):
+    """Predicts the clean trajectory x0 from a noisy one.
+
+    Inputs: x_t [B, H, obs_dim+2], scaled actions [B, H, act_dim] (sqrt(alpha_bar_t) * a),
+    t int [B]. Output x0_hat [B, H, obs_dim+2]. `dtype` is the matmul dtype (params fp32).
+    """
+    hidden: int = 1024
+    n_blocks: int = 6
+    time_dim: int = 16
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x_t, actions, t):
+        b, h, d = x_t.shape
+        inp = jnp.concatenate([x_t.reshape(b, -1), actions.reshape(b, -1)], -1)
+        embed = max(inp.shape[-1], 128)
+        dense = lambda n: nn.Dense(n, dtype=self.dtype)
+        t_emb = RandomFourierTime(self.time_dim)(t)
+        t_emb = dense(embed)(nn.silu(dense(embed)(t_emb)))
+        z = dense(embed)(inp) + t_emb
+        z = dense(self.hidden)(z)
+        for _ in range(self.n_blocks):  # residual blocks h + Linear(ReLU(LayerNorm(h)))
+            z = z + dense(self.hidden)(nn.relu(nn.LayerNorm(dtype=self.dtype)(z)))
+        z = dense(h * d)(nn.relu(nn.LayerNorm(dtype=self.dtype)(z)))
+        return z.astype(jnp.float32).reshape(b, h, d)

@@ -1,0 +1,244 @@
+"""The compiled training program: TrainState, one iteration, `make_train`.
+
+One iteration (DESIGN §2): [evaluate if due] -> collect n_envs * steps_per_iter real steps ->
+replay + normaliser -> diffusion updates -> guided imagination + agent updates. `run_chunk`
+is a `lax.scan` over iterations; the iteration index is passed un-batched so that, under
+`vmap` over seeds, the schedule's `lax.cond`s stay real branches (no wasted work).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from agdjax import diffusion, envs, normalize, replay as rb
+from agdjax.agents import a2c
+from agdjax.config import Config
+from agdjax.guidance import one_step_advantage
+from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
+from agdjax.sampler import SamplerFns, sample
+
+METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
+           "action_guidance_scale", "logprob_change", "actor_lr", "train_return")
+
+
+@struct.dataclass
+class TrainState:
+    """All per-seed state of one run (a pytree; vmapped over seeds)."""
+    env: envs.EnvCarry  # leaves [n_envs, ...]
+    episode_return: jax.Array  # [n_envs], running return of the current training episode
+    last_return: jax.Array  # [], mean return of the training episodes finished last iteration
+    replay: rb.Replay
+    norm: normalize.Normalizer
+    denoiser: dict
+    denoiser_ema: dict
+    denoiser_opt: optax.OptState
+    reward_model: dict
+    reward_opt: optax.OptState
+    agent: a2c.A2CState
+    log_delta: jax.Array  # [], log of the action-guidance scale delta
+    diffusion_steps: jax.Array  # int32 []
+    key: jax.Array
+
+
+class Program(NamedTuple):
+    """The pure functions of one run. init(key) -> TrainState (after the random prefill);
+    run_chunk(state, first_iter) -> (state, metrics dict of [iters_per_chunk] arrays)."""
+    init: callable
+    run_chunk: callable
+    cfg: Config
+    obs_dim: int
+    act_dim: int
+
+
+class Modules(NamedTuple):
+    actor: Actor
+    critic: Critic
+    denoiser: ResidualMLPDenoiser
+    reward_model: RewardModel
+
+
+def make_modules(cfg: Config, act_dim: int, dtype=jnp.float32) -> Modules:
+    return Modules(
+        Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std),
+        Critic(cfg.hidden),
+        ResidualMLPDenoiser(cfg.denoiser_hidden, cfg.denoiser_blocks, dtype=dtype),
+        RewardModel(cfg.reward_model_hidden),
+    )
+
+
+def make_train(cfg: Config) -> Program:
+    env = envs.make_env(cfg.task, cfg.backend)
+    obs_dim, act_dim = env.observation_size, env.action_size
+    mods = make_modules(cfg, act_dim)
+    sched = diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau)
+    denoiser_tx = optax.adam(cfg.diffusion_lr)
+    reward_tx = optax.adam(cfg.diffusion_lr)
+    nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
+    E = cfg.env_steps_per_iter
+    env_step = jax.vmap(functools.partial(envs.step, env, episode_length=cfg.episode_length))
+
+    # ------------------------------------------------------------------ init + prefill
+    def init(key) -> TrainState:
+        k_env, k_a, k_c, k_d, k_r, k_pre, key = jax.random.split(key, 7)
+        env_carry = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(k_env, cfg.n_envs))
+        o = jnp.zeros((1, obs_dim))
+        actor_p = mods.actor.init(k_a, o)
+        critic_p = mods.critic.init(k_c, o)
+        den_p = mods.denoiser.init(k_d, jnp.zeros((1, cfg.horizon, obs_dim + 2)),
+                                   jnp.zeros((1, cfg.horizon, act_dim)), jnp.zeros((1,), jnp.int32))
+        rew_p = mods.reward_model.init(k_r, o, jnp.zeros((1, act_dim)))
+        state = TrainState(
+            env=env_carry, episode_return=jnp.zeros((cfg.n_envs,)), last_return=jnp.float32(jnp.nan),
+            replay=rb.init(cfg.n_envs, cfg.capacity_per_env, obs_dim, act_dim),
+            norm=normalize.init(obs_dim, act_dim),
+            denoiser=den_p, denoiser_ema=den_p, denoiser_opt=denoiser_tx.init(den_p),
+            reward_model=rew_p, reward_opt=reward_tx.init(rew_p),
+            agent=a2c.init(cfg, actor_p, critic_p),
+            log_delta=jnp.log(jnp.float32(cfg.delta_init)),
+            diffusion_steps=jnp.zeros((), jnp.int32), key=key)
+        random_policy = lambda k, obs: jax.random.uniform(k, (cfg.n_envs, act_dim), minval=-1.0, maxval=1.0)
+        return collect(state, k_pre, random_policy, cfg.prefill_steps // cfg.n_envs)
+
+    # ------------------------------------------------------------------ real data
+    def collect(state: TrainState, key, policy, n_steps: int) -> TrainState:
+        def body(c, k):
+            env_carry, ep_ret, rep = c
+            action = policy(k, env_carry.state.obs)
+            env_carry, tr = env_step(env_carry, action)
+            ended = (tr.terminal + tr.truncated) > 0
+            ep_ret = ep_ret + tr.reward
+            finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())
+            return (env_carry, jnp.where(ended, 0.0, ep_ret), rb.add(rep, tr)), (tr, finished)
+
+        init_c = (state.env, state.episode_return, state.replay)
+        (env_carry, ep_ret, rep), (trs, (ret_sum, n_done)) = jax.lax.scan(
+            body, init_c, jax.random.split(key, n_steps))
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])
+        norm = normalize.update(state.norm, flat(trs.obs), flat(trs.action), flat(trs.reward))
+        n = n_done.sum()
+        last = jnp.where(n > 0, ret_sum.sum() / jnp.maximum(n, 1), state.last_return)
+        return state.replace(env=env_carry, episode_return=ep_ret, replay=rep, norm=norm, last_return=last)
+
+    def policy_sample(actor_params):
+        def policy(k, obs):
+            mu, sigma = mods.actor.apply(actor_params, obs)
+            return policy_dist(mu, sigma).sample(seed=k)
+        return policy
+
+    def policy_mean(actor_params):
+        return lambda obs: mods.actor.apply(actor_params, obs)[0]
+
+    # ------------------------------------------------------------------ world model
+    def diffusion_update(state: TrainState, key):
+        k_w, k_loss = jax.random.split(key)
+        w = rb.sample_windows(state.replay, k_w, cfg.diffusion_batch, cfg.horizon)
+        x0 = normalize.pack(state.norm, w.obs, w.reward, w.terminal)
+        actions = state.norm.action.normalize(w.action)
+
+        def loss_fn(p):
+            denoise = lambda x, a, t: mods.denoiser.apply(p, x, a, t)
+            return diffusion.x0_loss(denoise, sched, x0, actions, k_loss, obs_dim)
+
+        loss, grad = jax.value_and_grad(loss_fn)(state.denoiser)
+        upd, opt = denoiser_tx.update(grad, state.denoiser_opt, state.denoiser)
+        params = optax.apply_updates(state.denoiser, upd)
+        step = state.diffusion_steps + 1
+        ema = ema_update(state.denoiser_ema, params, step)
+        state = state.replace(denoiser=params, denoiser_ema=ema, denoiser_opt=opt, diffusion_steps=step)
+        r_loss = jnp.float32(jnp.nan)
+        if cfg.guide == "reward":  # static: the reward model exists only for the reward guide
+            state, r_loss = reward_model_update(state, w)
+        return state, (loss, r_loss)
+
+    def ema_update(ema, params, step):
+        before_start = step < cfg.ema_start
+        do = (step % cfg.ema_every) == 0
+        mixed = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
+        return jax.tree.map(lambda p, e, m: jnp.where(before_start, p, jnp.where(do, m, e)), params, ema, mixed)
+
+    def reward_model_update(state: TrainState, w):
+        def loss_fn(p):
+            return ((mods.reward_model.apply(p, w.obs, w.action) - w.reward) ** 2 * (1 - w.terminal)).mean()
+        loss, grad = jax.value_and_grad(loss_fn)(state.reward_model)
+        upd, opt = reward_tx.update(grad, state.reward_opt, state.reward_model)
+        return state.replace(reward_model=optax.apply_updates(state.reward_model, upd), reward_opt=opt), loss
+
+    # ------------------------------------------------------------------ imagination + agent
+    def imagine(state: TrainState, key):
+        k_s, k_sample = jax.random.split(key)
+        s0 = rb.sample_obs(state.replay, k_s, cfg.agent_batch)
+        ag = state.agent
+        fns = SamplerFns(
+            denoise=lambda x, a, t: mods.denoiser.apply(state.denoiser_ema, x, a, t),
+            actor=lambda o: mods.actor.apply(ag.actor, o),
+            value=lambda o: mods.critic.apply(ag.critic, o),
+            reward=lambda o, a: mods.reward_model.apply(state.reward_model, o, a))
+        return sample(fns, sched, state.norm, s0, k_sample, delta=jnp.exp(state.log_delta),
+                      guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
+                      clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
+                      clamp_value=cfg.clamp_value, horizon=cfg.horizon)
+
+    def agent_update(state: TrainState, key):
+        im = imagine(state, key)
+        value = lambda o: mods.critic.apply(state.agent.critic, o)
+        adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
+        agent, m = a2c.update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
+        z_std = ((im.action - im.policy_mean) / im.policy_std).std()
+        log_delta = state.log_delta + cfg.lr_delta * (z_std - 1.0)
+        m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta))
+        return state.replace(agent=agent, log_delta=log_delta), m
+
+    # ------------------------------------------------------------------ one iteration
+    def nan_metrics():
+        return {k: jnp.float32(jnp.nan) for k in METRICS}
+
+    def train_iteration(state: TrainState, before):
+        key, k_col, k_dif, k_ag = jax.random.split(state.key, 4)
+        state = collect(state.replace(key=key), k_col, policy_sample(state.agent.actor), cfg.steps_per_iter)
+        state, (d_loss, r_loss) = jax.lax.scan(
+            diffusion_update, state, jax.random.split(k_dif, cfg.diffusion_updates_per_iter))
+        m = nan_metrics()
+        m.update(diffusion_loss=d_loss.mean(), reward_model_loss=r_loss.mean(), train_return=state.last_return)
+
+        def do_agent(s):
+            s, am = jax.lax.scan(agent_update, s, jax.random.split(k_ag, cfg.agent_updates_per_iter))
+            return s, jax.tree.map(jnp.mean, am)
+
+        def skip_agent(s):
+            return s, {k: jnp.float32(jnp.nan) for k in _AGENT_METRICS}
+
+        if cfg.agent_updates_per_iter > 0:
+            state, am = jax.lax.cond(before >= cfg.agent_start_env_steps, do_agent, skip_agent, state)
+            m.update(am)
+        return state, m
+
+    def iteration(state: TrainState, i):
+        before = i * E
+        do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
+        eval_key, key = jax.random.split(state.key)
+        state = state.replace(key=key)
+        eval_return = jax.lax.cond(
+            do_eval,
+            lambda: envs.evaluate(env, policy_mean(state.agent.actor), eval_key,
+                                  cfg.eval_episodes, cfg.episode_length),
+            lambda: jnp.float32(jnp.nan))
+        state, m = jax.lax.cond(i < cfg.n_iters, train_iteration,
+                                lambda s, b: (s, nan_metrics()), state, before)
+        m = dict(m, eval_return=eval_return)
+        return state, m
+
+    def run_chunk(state: TrainState, first_iter):
+        """`first_iter` is an int32 scalar, not vmapped."""
+        iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
+        return jax.lax.scan(iteration, state, iters)
+
+    return Program(init, run_chunk, cfg, obs_dim, act_dim)
+
+
+_AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "imagined_advantage",
+                  "action_guidance_scale")
