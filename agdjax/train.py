@@ -53,6 +53,7 @@ class Program(NamedTuple):
     cfg: Config
     obs_dim: int
     act_dim: int
+    phases: dict  # name -> (state, key) -> ..., the parts of one iteration, for profiling
 
 
 class Modules(NamedTuple):
@@ -197,23 +198,34 @@ def make_train(cfg: Config) -> Program:
     def nan_metrics():
         return {k: jnp.float32(jnp.nan) for k in METRICS}
 
+    def collect_phase(state: TrainState, key):
+        return collect(state, key, policy_sample(state.agent.actor), cfg.steps_per_iter)
+
+    def diffusion_phase(state: TrainState, key):
+        state, (d_loss, r_loss) = jax.lax.scan(
+            diffusion_update, state, jax.random.split(key, cfg.diffusion_updates_per_iter))
+        return state, {"diffusion_loss": d_loss.mean(), "reward_model_loss": r_loss.mean()}
+
+    def agent_phase(state: TrainState, key):
+        state, m = jax.lax.scan(agent_update, state, jax.random.split(key, cfg.agent_updates_per_iter))
+        return state, jax.tree.map(jnp.mean, m)
+
+    def eval_phase(state: TrainState, key):
+        return envs.evaluate(env, policy_mean(state.agent.actor), key, cfg.eval_episodes, cfg.episode_length)
+
     def train_iteration(state: TrainState, before):
         key, k_col, k_dif, k_ag = jax.random.split(state.key, 4)
-        state = collect(state.replace(key=key), k_col, policy_sample(state.agent.actor), cfg.steps_per_iter)
-        state, (d_loss, r_loss) = jax.lax.scan(
-            diffusion_update, state, jax.random.split(k_dif, cfg.diffusion_updates_per_iter))
+        state = collect_phase(state.replace(key=key), k_col)
+        state, dm = diffusion_phase(state, k_dif)
         m = nan_metrics()
-        m.update(diffusion_loss=d_loss.mean(), reward_model_loss=r_loss.mean(), train_return=state.last_return)
-
-        def do_agent(s):
-            s, am = jax.lax.scan(agent_update, s, jax.random.split(k_ag, cfg.agent_updates_per_iter))
-            return s, jax.tree.map(jnp.mean, am)
+        m.update(dm, train_return=state.last_return)
 
         def skip_agent(s):
             return s, {k: jnp.float32(jnp.nan) for k in _AGENT_METRICS}
 
         if cfg.agent_updates_per_iter > 0:
-            state, am = jax.lax.cond(before >= cfg.agent_start_env_steps, do_agent, skip_agent, state)
+            state, am = jax.lax.cond(before >= cfg.agent_start_env_steps,
+                                     lambda s: agent_phase(s, k_ag), skip_agent, state)
             m.update(am)
         return state, m
 
@@ -222,11 +234,7 @@ def make_train(cfg: Config) -> Program:
         do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
         eval_key, key = jax.random.split(state.key)
         state = state.replace(key=key)
-        eval_return = jax.lax.cond(
-            do_eval,
-            lambda: envs.evaluate(env, policy_mean(state.agent.actor), eval_key,
-                                  cfg.eval_episodes, cfg.episode_length),
-            lambda: jnp.float32(jnp.nan))
+        eval_return = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: jnp.float32(jnp.nan))
         state, m = jax.lax.cond(i < cfg.n_iters, train_iteration,
                                 lambda s, b: (s, nan_metrics()), state, before)
         m = dict(m, eval_return=eval_return)
@@ -237,7 +245,9 @@ def make_train(cfg: Config) -> Program:
         iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
         return jax.lax.scan(iteration, state, iters)
 
-    return Program(init, run_chunk, cfg, obs_dim, act_dim)
+    phases = {"collect": collect_phase, "diffusion": diffusion_phase, "agent": agent_phase,
+              "eval": eval_phase}
+    return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
 
 
 _AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "imagined_advantage",

@@ -1,0 +1,1 @@
+"""Thin absl entry points, one per task."""

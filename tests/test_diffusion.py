@@ -1,0 +1,71 @@
+"""Known answers for the schedule, posterior, in-painting and x0 loss."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agdjax import diffusion
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.1])
+def test_schedule_endpoints_and_monotone(tau):
+    s = diffusion.cosine_schedule(128, tau)
+    ab = np.asarray(s.alpha_bar)
+    assert ab.shape == (128,)
+    assert np.all(np.diff(ab) < 0), "alpha_bar must decrease strictly"
+    assert 0.99 < ab[0] <= 1.0
+    assert ab[-1] < 1e-3
+    assert np.all(np.asarray(s.betas) <= 0.999) and np.all(np.asarray(s.betas) > 0)
+    np.testing.assert_allclose(ab, np.cumprod(1 - np.asarray(s.betas)), rtol=1e-5)
+
+
+def test_temperature_changes_schedule():
+    a = np.asarray(diffusion.cosine_schedule(32, 1.0).alpha_bar)
+    b = np.asarray(diffusion.cosine_schedule(32, 0.1).alpha_bar)
+    # alpha_bar ∝ cos(.)^(2 tau): a lower temperature keeps more signal at every step
+    assert np.all(b[:-1] > a[:-1])
+
+
+def test_posterior_matches_closed_form():
+    s = diffusion.cosine_schedule(16, 1.0)
+    key = jax.random.PRNGKey(0)
+    x0 = jax.random.normal(key, (3, 4, 5))
+    xt = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 5))
+    t = jnp.array([0, 7, 15])
+    mean, std = diffusion.posterior(s, x0, xt, t)
+    betas = np.asarray(s.betas, np.float64)
+    ab = np.cumprod(1 - betas)
+    for i, ti in enumerate([0, 7, 15]):
+        ab_prev = 1.0 if ti == 0 else ab[ti - 1]
+        m = (np.sqrt(ab_prev) * betas[ti] / (1 - ab[ti])) * np.asarray(x0[i]) + \
+            (np.sqrt(1 - betas[ti]) * (1 - ab_prev) / (1 - ab[ti])) * np.asarray(xt[i])
+        var = betas[ti] * (1 - ab_prev) / (1 - ab[ti])
+        np.testing.assert_allclose(np.asarray(mean[i]), m, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(float(std[i, 0, 0]) ** 2, max(var, 1e-20), rtol=1e-4, atol=1e-12)
+    # at t = 0 the posterior mean is x0 itself
+    np.testing.assert_allclose(np.asarray(mean[0]), np.asarray(x0[0]), atol=1e-5)
+
+
+def test_q_sample_statistics():
+    s = diffusion.cosine_schedule(16, 1.0)
+    x0 = jnp.ones((20000, 1, 1)) * 2.0
+    t = jnp.full((20000,), 8)
+    xt = diffusion.q_sample(s, x0, t, jax.random.normal(jax.random.PRNGKey(0), x0.shape))
+    ab = float(s.alpha_bar[8])
+    assert abs(float(xt.mean()) - 2.0 * np.sqrt(ab)) < 0.03
+    assert abs(float(xt.std()) - np.sqrt(1 - ab)) < 0.03
+
+
+def test_x0_loss_ignores_s0_and_is_zero_for_perfect_denoiser():
+    s = diffusion.cosine_schedule(8, 1.0)
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 5))
+    acts = jnp.zeros((4, 3, 2))
+    obs_dim = 3
+    perfect = lambda xt, a, t: x0
+    assert float(diffusion.x0_loss(perfect, s, x0, acts, jax.random.PRNGKey(1), obs_dim)) < 1e-12
+    # wrong only on s_0: in-painting + mask make the loss zero
+    wrong_s0 = lambda xt, a, t: x0.at[:, 0, :obs_dim].add(5.0)
+    assert float(diffusion.x0_loss(wrong_s0, s, x0, acts, jax.random.PRNGKey(1), obs_dim)) < 1e-12
+    # wrong by 1 everywhere else: loss 1
+    off = lambda xt, a, t: x0 + 1.0
+    np.testing.assert_allclose(float(diffusion.x0_loss(off, s, x0, acts, jax.random.PRNGKey(1), obs_dim)), 1.0, rtol=1e-5)
