@@ -29,7 +29,7 @@ def cosine_schedule(n_steps: int, tau: float = 1.0, s: float = 0.008, max_beta: 
     betas clipped at `max_beta`, alpha_bar recomputed from the clipped betas.
     """
     u = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
-    f = jnp.cos((u + s) / (1 + s) * jnp.pi / 2) ** (2 * tau)
+    f = jnp.maximum(jnp.cos((u + s) / (1 + s) * jnp.pi / 2), 0.0) ** (2 * tau)  # cos(pi/2) < 0 in fp32
     betas = jnp.clip(1.0 - f[1:] / f[:-1], 0.0, max_beta).astype(jnp.float32)
     alpha_bar = jnp.cumprod(1.0 - betas)
     alpha_bar_prev = jnp.concatenate([jnp.ones((1,)), alpha_bar[:-1]])
