@@ -63,7 +63,8 @@ class Modules(NamedTuple):
     reward_model: RewardModel
 
 
-def make_modules(cfg: Config, act_dim: int, dtype=jnp.float32) -> Modules:
+def make_modules(cfg: Config, act_dim: int) -> Modules:
+    dtype = jnp.bfloat16 if cfg.denoiser_dtype == "bfloat16" else jnp.float32
     return Modules(
         Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std),
         Critic(cfg.hidden),
@@ -246,7 +247,7 @@ def make_train(cfg: Config) -> Program:
         return jax.lax.scan(iteration, state, iters)
 
     phases = {"collect": collect_phase, "diffusion": diffusion_phase, "agent": agent_phase,
-              "eval": eval_phase}
+              "eval": eval_phase, "imagine": imagine}
     return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
 
 
