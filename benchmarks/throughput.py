@@ -1,0 +1,189 @@
+"""Samples per second: environment, collection, guided imagination, denoiser training,
+end-to-end seed scaling, and achieved FLOP/s against a measured matmul peak.
+
+    python -m benchmarks.throughput --quick            # CPU check in a few minutes
+    python -m benchmarks.throughput --preset=paper     # on a GPU
+
+Writes JSON (--out, default benchmarks/results/throughput_<device>.json) and prints a
+markdown table. Compile time is always reported apart from run time (AOT lower/compile).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from agdjax import envs, loop
+from agdjax.config import GUIDES, make_config
+
+flags.DEFINE_bool("quick", False, "small sizes: a CPU check in a few minutes")
+flags.DEFINE_string("task", "halfcheetah", "task")
+flags.DEFINE_string("backend", None, "Brax backend (default: mjx; positional with --quick)")
+flags.DEFINE_string("preset", None, "preset (default: cpu; smoke with --quick)")
+flags.DEFINE_string("denoiser_dtype", "float32", "float32 or bfloat16")
+flags.DEFINE_string("out", None, "JSON path")
+FLAGS = flags.FLAGS
+
+
+def timed(fn, *args, repeats=3):
+    """(compile_s, best run_s, compiled) of jit(fn)(*args)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - t0)
+    return compile_s, best, compiled
+
+
+def flops_of(compiled):
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", float("nan")))
+    except Exception:  # cost analysis is best effort on some backends
+        return float("nan")
+
+
+def matmul_peak(dtype, n):
+    a = jnp.ones((n, n), dtype)
+    _, t, _ = timed(lambda x: x @ x, a, repeats=5)
+    return 2 * n**3 / t
+
+
+def raw_env(cfg, n_envs_list, n_steps):
+    env = envs.make_env(cfg.task, cfg.backend)
+    out = {}
+    for n in n_envs_list:
+        state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
+        action = jnp.zeros((n, env.action_size))
+
+        def rollout(s):
+            return jax.lax.scan(lambda c, _: (jax.vmap(env.step)(c, action), None), s, None, length=n_steps)[0]
+
+        c, t, _ = timed(rollout, state)
+        out[str(n)] = {"steps_per_s": n * n_steps / t, "compile_s": c}
+    return out
+
+
+def main(_):
+    quick = FLAGS.quick
+    preset = FLAGS.preset or ("smoke" if quick else "cpu")
+    backend = FLAGS.backend or ("positional" if quick else "mjx")
+    base = make_config(FLAGS.task, preset, backend=backend, guide="sag", denoiser_dtype=FLAGS.denoiser_dtype)
+    res = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+           "n_devices": jax.device_count(), "task": base.task, "backend": backend, "preset": preset,
+           "denoiser_dtype": FLAGS.denoiser_dtype, "quick": quick,
+           "date": time.strftime("%Y-%m-%d")}
+
+    # 1. raw env steps/s vs our collection phase
+    n_steps = 50 if quick else 200
+    res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), n_steps)
+    prog, init, _ = loop.compile_program(base, 1)
+    state = jax.block_until_ready(init(loop.seed_keys([0])))
+    keys = jax.random.split(jax.random.PRNGKey(1), 1)
+    c, t, _ = timed(jax.vmap(prog.phases["collect"]), state, keys)
+    collect_sps = base.env_steps_per_iter / t
+    raw_same = res["raw_env"][str(base.n_envs)]["steps_per_s"]
+    res["collection"] = {"steps_per_s": collect_sps, "compile_s": c, "n_envs": base.n_envs,
+                         "ratio_to_raw": collect_sps / raw_same}
+
+    # 2. guided imagination per guide
+    res["imagination"] = {}
+    for guide in GUIDES:
+        cfg = dataclasses.replace(base, guide=guide)
+        p = loop.make_train(cfg)
+        fn = jax.vmap(p.phases["imagine"])
+        c, t, comp = timed(fn, state, keys)
+        res["imagination"][guide] = {
+            "transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
+            "flops_per_call": flops_of(comp)}
+    t_none = res["imagination"]["none"]["s_per_call"]
+    for guide in GUIDES:
+        res["imagination"][guide]["cost_vs_none"] = res["imagination"][guide]["s_per_call"] / t_none
+
+    # 3. denoiser training windows/s
+    c, t, comp = timed(jax.vmap(prog.phases["diffusion"]), state, keys)
+    res["denoiser_training"] = {
+        "windows_per_s": base.diffusion_updates_per_iter * base.diffusion_batch / t, "compile_s": c,
+        "flops_per_s": flops_of(comp) / t}
+
+    # 4. matmul peak and achieved FLOP/s
+    n = 1024 if quick else 4096
+    peak32 = matmul_peak(jnp.float32, n)
+    peak16 = matmul_peak(jnp.bfloat16, n)
+    res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n}
+    peak = peak16 if FLAGS.denoiser_dtype == "bfloat16" else peak32
+    sag = res["imagination"]["sag"]
+    sag["flops_per_s"] = sag["flops_per_call"] / sag["s_per_call"]
+    res["denoiser_training"]["fraction_of_peak"] = res["denoiser_training"]["flops_per_s"] / peak
+    sag["fraction_of_peak"] = sag["flops_per_s"] / peak
+
+    # 5. end-to-end seed scaling (one chunk of one iteration, after compile)
+    res["seeds"] = {}
+    cfg1 = dataclasses.replace(base, iters_per_chunk=1)
+    first = cfg1.agent_start_env_steps // cfg1.env_steps_per_iter + 1  # an iteration with agent updates
+    for n_seeds in (1, 2, 4, 8):
+        _, init_n, chunk_n = loop.compile_program(cfg1, n_seeds)
+        st = jax.block_until_ready(init_n(loop.seed_keys(list(range(n_seeds)))))
+        t0 = time.perf_counter()
+        comp = chunk_n.lower(st, jnp.int32(first)).compile()
+        c = time.perf_counter() - t0
+        st, _ = comp(st, jnp.int32(first))  # warm-up (donates st)
+        jax.block_until_ready(st)
+        t0 = time.perf_counter()
+        st, m = comp(st, jnp.int32(first))
+        jax.block_until_ready(m)
+        t = time.perf_counter() - t0
+        res["seeds"][str(n_seeds)] = {
+            "env_steps_per_s": n_seeds * cfg1.env_steps_per_iter / t,
+            "imagined_transitions_per_s": n_seeds * cfg1.agent_updates_per_iter * cfg1.agent_batch * cfg1.horizon / t,
+            "s_per_iteration": t, "compile_s": c}
+    t1 = res["seeds"]["1"]["s_per_iteration"]
+    for k, v in res["seeds"].items():
+        v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
+
+    out = FLAGS.out or os.path.join("benchmarks", "results", f"throughput_{res['platform']}_{preset}.json")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+    print(markdown(res))
+    print(f"wrote {out}")
+
+
+def markdown(res):
+    lines = [f"device: {res['device']} ({res['platform']}), task {res['task']}, backend {res['backend']}, "
+             f"preset {res['preset']}, denoiser {res['denoiser_dtype']}", "",
+             "| measure | value | compile s |", "|---|---|---|"]
+    for n, v in res["raw_env"].items():
+        lines.append(f"| raw env steps/s, n_envs={n} | {v['steps_per_s']:.0f} | {v['compile_s']:.1f} |")
+    c = res["collection"]
+    lines.append(f"| collection steps/s, n_envs={c['n_envs']} (ratio to raw) | {c['steps_per_s']:.0f} "
+                 f"({c['ratio_to_raw']:.2f}) | {c['compile_s']:.1f} |")
+    for g, v in res["imagination"].items():
+        lines.append(f"| imagined transitions/s, guide={g} (cost vs none) | {v['transitions_per_s']:.0f} "
+                     f"({v['cost_vs_none']:.2f}) | {v['compile_s']:.1f} |")
+    d = res["denoiser_training"]
+    lines.append(f"| denoiser training windows/s | {d['windows_per_s']:.0f} | {d['compile_s']:.1f} |")
+    pk = res["matmul_peak_flops_per_s"]
+    lines.append(f"| matmul peak GFLOP/s fp32 / bf16 (n={pk['n']}) | {pk['float32']/1e9:.0f} / {pk['bfloat16']/1e9:.0f} | |")
+    lines.append(f"| denoiser training: fraction of peak | {d['fraction_of_peak']:.3f} | |")
+    lines.append(f"| sag imagination: fraction of peak | {res['imagination']['sag']['fraction_of_peak']:.3f} | |")
+    for n, v in res["seeds"].items():
+        lines.append(f"| {n} seeds: env steps/s, imagined transitions/s, scaling eff. | "
+                     f"{v['env_steps_per_s']:.0f}, {v['imagined_transitions_per_s']:.0f}, "
+                     f"{v['scaling_efficiency']:.2f} | {v['compile_s']:.1f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app.run(main)
