@@ -88,6 +88,24 @@ class Config:
     init_std: float = 1.0
     min_std: float = 0.1
 
+    # --- ppo / trpo (imagination learners and model-free baselines; agents/ppo.py, trpo.py)
+    ppo_clip: float = 0.2  # epsilon of the clipped surrogate
+    ppo_epochs: int = 4  # passes over the batch per update
+    ppo_minibatches: int = 4  # minibatches per pass; must divide the transitions per update
+    ppo_lr: float = 3e-4  # Adam, actor and critic together
+    ppo_value_coef: float = 0.5  # weight of the value loss in the PPO loss
+    ppo_max_grad_norm: float = 0.5  # global-norm clip over actor + critic gradients
+    entropy_coef_ppo: float = 1e-3
+    trpo_max_kl: float = 0.01  # trust region: mean KL(pi_old || pi_new)
+    trpo_kl_tolerance: float = 0.1  # the line search accepts KL <= (1 + tolerance) * max_kl
+    trpo_cg_iters: int = 10
+    trpo_backtrack_iters: int = 10
+    trpo_backtrack_coef: float = 0.8
+    trpo_damping: float = 0.1  # Fisher-vector products use F + damping * I
+    value_lr: float = 1e-3  # TRPO's separate value regression (Adam)
+    value_epochs: int = 5  # full-batch Adam steps of the value regression per TRPO update
+    unroll_length: Optional[int] = None  # model-free rollout length; None -> steps_per_iter
+
     # ------------------------------------------------------------------ derived values
     @property
     def env_steps_per_iter(self) -> int:
@@ -104,6 +122,19 @@ class Config:
     @property
     def agent_updates_per_iter(self) -> int:
         return int(round(self.env_steps_per_iter * self.agent_updates_per_env_step))
+
+    @property
+    def rollout_length(self) -> int:
+        """Model-free: steps per environment of one rollout (one PPO/TRPO update)."""
+        return self.steps_per_iter if self.unroll_length is None else self.unroll_length
+
+    @property
+    def transitions_per_update(self) -> int:
+        """Transitions in one PPO/TRPO batch: n_envs * rollout_length (model-free) or
+        agent_batch * (horizon - 1) (imagination)."""
+        if self.model_free:
+            return self.n_envs * self.rollout_length
+        return self.agent_batch * (self.horizon - 1)
 
     @property
     def c(self) -> float:
@@ -161,9 +192,36 @@ def validate(cfg: Config) -> Config:
         if ratio < 0 or abs(n - round(n)) > 1e-9:
             raise ConfigError(f"{name}={ratio} times {cfg.env_steps_per_iter} env steps per "
                               f"iteration must be a whole number >= 0")
+    _validate_ppo_trpo(cfg)
     if cfg.prefill_steps % cfg.n_envs:
         raise ConfigError(f"prefill_steps={cfg.prefill_steps} must be a multiple of n_envs={cfg.n_envs}")
     return cfg
+
+
+def _validate_ppo_trpo(cfg: Config):
+    for name in ("ppo_clip", "ppo_lr", "ppo_max_grad_norm", "trpo_max_kl", "value_lr"):
+        _check_positive(name, getattr(cfg, name))
+    for name in ("ppo_epochs", "ppo_minibatches", "trpo_cg_iters", "trpo_backtrack_iters", "value_epochs"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, int) and v >= 1):
+            raise ConfigError(f"{name}={v!r} must be an integer >= 1")
+    for name in ("ppo_value_coef", "entropy_coef_ppo", "trpo_kl_tolerance", "trpo_damping"):
+        v = getattr(cfg, name)
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+            raise ConfigError(f"{name}={v!r} must be a finite number >= 0")
+    if not 0.0 < cfg.trpo_backtrack_coef < 1.0:
+        raise ConfigError(f"trpo_backtrack_coef={cfg.trpo_backtrack_coef!r} must be in (0, 1)")
+    if cfg.unroll_length is not None:
+        if not (isinstance(cfg.unroll_length, int) and cfg.unroll_length >= 1):
+            raise ConfigError(f"unroll_length={cfg.unroll_length!r} must be an integer >= 1")
+        if cfg.steps_per_iter % cfg.unroll_length:
+            raise ConfigError(f"unroll_length={cfg.unroll_length} must divide steps_per_iter={cfg.steps_per_iter}")
+    if cfg.model_free and cfg.agent == "a2c":
+        raise ConfigError("--agent=a2c is not allowed with --model_free; choose one of ppo, trpo")
+    if cfg.agent == "ppo" and cfg.transitions_per_update % cfg.ppo_minibatches:
+        what = "n_envs*rollout_length" if cfg.model_free else "agent_batch*(horizon-1)"
+        raise ConfigError(f"ppo_minibatches={cfg.ppo_minibatches} must divide the transitions per update "
+                          f"{what} = {cfg.transitions_per_update}")
 
 
 # ---------------------------------------------------------------------------- presets

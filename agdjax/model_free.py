@@ -1,0 +1,126 @@
+"""Model-free baselines: PPO or TRPO trained directly on the real environment, as one compiled
+program with the same contract as `agdjax.train.make_train` (DESIGN §1 'ppo and trpo', §2).
+
+One iteration i: [evaluate if (i < n_iters and (i * E) % eval_every == 0) or i == n_iters]
+-> if i < n_iters, steps_per_iter // rollout_length times: roll out the sampling policy for
+rollout_length steps in each of the n_envs environments, then one PPO/TRPO update on those
+n_envs * rollout_length transitions with truncation-aware GAE (bootstrapping from V(next_obs)
+at time limits, `gae.gae_truncation_aware`). E = n_envs * steps_per_iter as in `make_train`.
+
+No world model, replay buffer, normaliser or random prefill (cfg.prefill_steps is ignored);
+the actor and critic take raw observations as everywhere in agdjax. `--agent=a2c` is refused
+(config.validate): `a2c.update` is built for imagined windows (EMA target critic, no
+truncation, an actor lr adapted to tiny imagination steps), not for long real rollouts.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from agdjax import envs
+from agdjax.agents import a2c, onpolicy, ppo, trpo
+from agdjax.agents.onpolicy import Rollout
+from agdjax.config import Config, ConfigError
+from agdjax.networks import Actor, Critic, policy_dist
+from agdjax.train import Program
+
+LEARNERS = {"ppo": ppo, "trpo": trpo}
+
+
+@struct.dataclass
+class ModelFreeState:
+    """All per-seed state of one model-free run (a pytree; vmapped over seeds)."""
+    env: envs.EnvCarry  # leaves [n_envs, ...]
+    episode_return: jax.Array  # [n_envs], running return of the current training episode
+    last_return: jax.Array  # [], mean return of the training episodes finished last iteration
+    agent: object  # ppo.PPOState | trpo.TRPOState
+    key: jax.Array
+
+
+def make_model_free_train(cfg: Config) -> Program:
+    """The model-free program for cfg.agent in (ppo, trpo). Raises ConfigError otherwise."""
+    if cfg.agent not in LEARNERS:
+        raise ConfigError(f"--agent={cfg.agent} is not allowed with --model_free; choose one of ppo, trpo")
+    learner = LEARNERS[cfg.agent]
+    env = envs.make_env(cfg.task, cfg.backend)
+    obs_dim, act_dim = env.observation_size, env.action_size
+    actor, critic = Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std), Critic(cfg.hidden)
+    nets = a2c.Nets(actor.apply, critic.apply)
+    E = cfg.env_steps_per_iter
+    T = cfg.rollout_length
+    updates_per_iter = cfg.steps_per_iter // T
+    env_step = jax.vmap(functools.partial(envs.step, env, episode_length=cfg.episode_length))
+
+    def init(key) -> ModelFreeState:
+        k_env, k_a, k_c, k_agent, key = jax.random.split(key, 5)
+        env_carry = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(k_env, cfg.n_envs))
+        o = jnp.zeros((1, obs_dim))
+        agent = learner.init(cfg, actor.init(k_a, o), critic.init(k_c, o), k_agent)
+        return ModelFreeState(env_carry, jnp.zeros((cfg.n_envs,)), jnp.float32(jnp.nan), agent, key)
+
+    # ------------------------------------------------------------------ rollouts
+    def rollout(state: ModelFreeState, key):
+        """T steps of the sampling policy in every env -> (state, Rollout [n_envs, T], finished)."""
+        def body(c, k):
+            env_carry, ep_ret = c
+            obs = env_carry.state.obs
+            action = policy_dist(*actor.apply(state.agent.actor, obs)).sample(seed=k)
+            env_carry, tr = env_step(env_carry, action)  # the env clips; we keep the sample
+            ended = (tr.terminal + tr.truncated) > 0
+            ep_ret = ep_ret + tr.reward
+            finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())
+            step = Rollout(obs, action, tr.reward, tr.next_obs, tr.terminal, tr.truncated)
+            return (env_carry, jnp.where(ended, 0.0, ep_ret)), (step, finished)
+
+        (env_carry, ep_ret), (steps, finished) = jax.lax.scan(
+            body, (state.env, state.episode_return), jax.random.split(key, T))
+        ro = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), steps)  # [T, n_envs] -> [n_envs, T]
+        state = state.replace(env=env_carry, episode_return=ep_ret)
+        return state, ro, jax.tree.map(jnp.sum, finished)
+
+    def collect_phase(state: ModelFreeState, key):
+        state, ro, _ = rollout(state, key)
+        return state, ro
+
+    def train_step(carry, key):
+        """One rollout and one learner update."""
+        state, ret_sum, n_done = carry
+        state, ro, (r, n) = rollout(state, key)
+        batch = onpolicy.from_rollout(cfg, nets, state.agent.actor, state.agent.critic, ro)
+        agent, m = learner.update_batch(cfg, nets, state.agent, batch)
+        return (state.replace(agent=agent), ret_sum + r, n_done + n), m
+
+    def train_iteration(state: ModelFreeState, key):
+        init_c = (state, jnp.zeros(()), jnp.zeros((), jnp.int32))
+        (state, ret_sum, n_done), m = jax.lax.scan(train_step, init_c, jax.random.split(key, updates_per_iter))
+        last = jnp.where(n_done > 0, ret_sum / jnp.maximum(n_done, 1), state.last_return)
+        state = state.replace(last_return=last)
+        return state, dict(jax.tree.map(jnp.mean, m), train_return=last)
+
+    def eval_phase(state: ModelFreeState, key):
+        policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
+        return envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length)
+
+    # ------------------------------------------------------------------ one iteration
+    def iteration(state: ModelFreeState, i):
+        before = i * E
+        do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
+        eval_key, k_train, key = jax.random.split(state.key, 3)
+        state = state.replace(key=key)
+        eval_return = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: jnp.float32(jnp.nan))
+        shapes = jax.eval_shape(train_iteration, state, k_train)[1]
+        nan_metrics = lambda s, k: (s, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes))
+        state, m = jax.lax.cond(i < cfg.n_iters, train_iteration, nan_metrics, state, k_train)
+        return state, dict(m, eval_return=eval_return)
+
+    def run_chunk(state: ModelFreeState, first_iter):
+        """`first_iter` is an int32 scalar, not vmapped."""
+        iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
+        return jax.lax.scan(iteration, state, iters)
+
+    # "train" is a whole training iteration (rollouts + updates); update time = train - collect.
+    phases = {"collect": collect_phase, "train": train_iteration, "eval": eval_phase}
+    return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
