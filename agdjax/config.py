@@ -66,6 +66,7 @@ class Config:
     clamp_last_steps: int = 10  # clamp mu_t - x_t to +-clamp_value for t <= this
     clamp_value: float = 0.25
     reward_model_hidden: int = 256
+    denoiser_dtype: str = "float32"  # matmul dtype of the denoiser: float32 or bfloat16 (fp32 weights/loss)
 
     # --- policy guidance (PolyGRAD) on actions
     delta_init: float = 0.005
@@ -166,6 +167,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("guide", cfg.guide, GUIDES)
     _check_choice("agent", cfg.agent, AGENTS)
     _check_choice("preset", cfg.preset, PRESETS[1:])
+    _check_choice("denoiser_dtype", cfg.denoiser_dtype, ("float32", "bfloat16"))
     for name in ("n_envs", "steps_per_iter", "episode_length", "total_env_steps", "eval_every",
                  "eval_episodes", "iters_per_chunk", "horizon", "n_diffusion_steps",
                  "denoiser_hidden", "denoiser_blocks", "diffusion_batch", "agent_batch", "tau"):
