@@ -68,25 +68,73 @@ def plot_runs(runs, path, title=None):
 
 
 def read_rows(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of run_dir/metrics.jsonl (a last line still being written is left out)."""
+    return [json.loads(line) for line in _complete_lines(os.path.join(run_dir, "metrics.jsonl"))
+            if line.strip()]
+
+
+def _complete_lines(path):
+    """The complete (newline-terminated) lines of `path`; a partial last line is dropped."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = f.readlines()
+    return [line for line in lines if line.endswith("\n")]
+
+
+def count_rows(run_dir):
+    """Number of complete rows in run_dir/metrics.jsonl (0 when there is none)."""
+    return len(_complete_lines(os.path.join(run_dir, "metrics.jsonl")))
+
+
+def _atomic_write(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_config(run_dir):
+    """(config dict, seeds) from run_dir/config.json."""
+    with open(os.path.join(run_dir, "config.json")) as f:
+        d = json.load(f)
+    return d["config"], d["seeds"]
 
 
 class RunWriter:
-    """Writes one run directory. Never overwrites an existing metrics file."""
+    """Writes one run directory. Never overwrites an existing metrics file, except that a
+    resumed run (`keep_rows` = rows to keep) cuts metrics.jsonl back to its first `keep_rows`
+    rows, byte for byte, and continues after them."""
 
-    def __init__(self, logdir, cfg, seeds):
+    def __init__(self, logdir, cfg, seeds, keep_rows=None):
         self.logdir = logdir
         os.makedirs(logdir, exist_ok=True)
         self.metrics_path = os.path.join(logdir, "metrics.jsonl")
-        with open(os.path.join(logdir, "config.json"), "w") as f:
-            json.dump({"config": cfg.to_dict(), "seeds": list(seeds)}, f, indent=2)
-        self.rows = []
+        purge_step = None
+        if keep_rows is None:
+            if os.path.exists(self.metrics_path):
+                raise FileExistsError(f"{self.metrics_path} exists; resume the run or use a new logdir")
+            self.rows = []
+        else:
+            lines = _complete_lines(self.metrics_path)
+            if len(lines) < keep_rows:
+                raise ValueError(f"{self.metrics_path} holds {len(lines)} rows, fewer than the "
+                                 f"{keep_rows} of the checkpoint")
+            lines = lines[:keep_rows]
+            _atomic_write(self.metrics_path, "".join(lines))
+            self.rows = [json.loads(line) for line in lines]
+            purge_step = (self.rows[-1]["env_steps"] + 1) if self.rows else 0
+        _atomic_write(os.path.join(logdir, "config.json"),
+                      json.dumps({"config": cfg.to_dict(), "seeds": list(seeds)}, indent=2))
         self.label = f"{cfg.task} {cfg.guide}"
         self._tb = None
         try:
             from tensorboardX import SummaryWriter
-            self._tb = {s: SummaryWriter(os.path.join(logdir, "tb", f"seed_{s}")) for s in seeds}
+            # purge_step hides events of a resumed run's replaced rows from TensorBoard.
+            self._tb = {s: SummaryWriter(os.path.join(logdir, "tb", f"seed_{s}"), purge_step=purge_step)
+                        for s in seeds}
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
             pass
 
@@ -94,6 +142,8 @@ class RunWriter:
         with open(self.metrics_path, "a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
         self.rows.extend(rows)
         if self._tb:
             for r in rows:
@@ -105,24 +155,27 @@ class RunWriter:
             plot_runs([(self.label, self.rows)], os.path.join(self.logdir, "curve.png"))
 
     def finish(self, summary):
-        with open(os.path.join(self.logdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        _atomic_write(os.path.join(self.logdir, "summary.json"), json.dumps(summary, indent=2))
+        self.close()
+
+    def close(self):
         if self._tb:
             for tb in self._tb.values():
                 tb.close()
+            self._tb = None
 
 
 class Progress:
     """tqdm bar over env steps (per seed) with env steps/s and ETA."""
 
-    def __init__(self, total, enabled=True):
+    def __init__(self, total, enabled=True, initial=0):
         self.enabled = enabled
         self.bar = None
         if enabled:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True,
-                            desc="env steps", mininterval=0)
-        self.n = 0
+            self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, desc="env steps", mininterval=0)
+        self.n = initial
 
     def update(self, env_steps, sps, last_eval):
         if self.bar is not None:

@@ -1,26 +1,53 @@
-"""The thin Python loop around the compiled program: seeds, chunks, progress, metrics files.
+"""The thin Python loop around the compiled program: seeds, chunks, progress, metrics files,
+checkpoints, the non-finite guard.
 
 `jax.jit(jax.vmap(run_chunk))` runs all seeds of a run at once; between chunks this loop
-writes `metrics.jsonl` (one row per seed per iteration), refreshes progress (env steps,
-env steps/s, ETA) and, at the end, `summary.json` and the learning-curve plot.
+checks that no metric and no parameter went non-finite, writes `metrics.jsonl` (one row per
+seed per iteration), refreshes progress (env steps, env steps/s, ETA), saves Orbax
+checkpoints (agdjax/checkpoint.py) and, at the end, `summary.json` and the learning-curve
+plot.
+
+Checkpoints and resuming. A checkpoint `step` c holds the state before chunk c (c chunks
+done) and the loop's Python state (rows written so far, each seed's previous train
+metrics). Only "clean" states are saved mid-run: every iteration before them trained (c*L <=
+n_iters), so a resumed run, even one given a larger budget, computes exactly what a run that
+never stopped computes. One is always saved before the last chunk (the one that evaluates at
+n_iters), and the final state is saved at the end (`final`; resuming such a run with the
+same budget has nothing left to do; with a larger budget it continues from the one before).
 """
 from __future__ import annotations
 
+import functools
+import json
 import math
+import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agdjax import checkpoint as ckpt_lib
 from agdjax import logging as runlog
 from agdjax.config import Config
 from agdjax.train import make_train
 
 
+class NonFiniteError(RuntimeError):
+    """A metric or a parameter became NaN/inf; the run stopped without saving that state."""
+
+
+class _Interrupted(RuntimeError):
+    """Raised by the `_stop_after_chunk` test hook: the run stops as if killed."""
+
+
 def compile_program(cfg: Config, n_seeds: int):
     """Returns (program, jitted vmapped init, jitted vmapped run_chunk)."""
-    prog = make_train(cfg)
+    if cfg.model_free:
+        from agdjax.model_free import make_model_free_train
+        prog = make_model_free_train(cfg)
+    else:
+        prog = make_train(cfg)
     init = jax.jit(jax.vmap(prog.init))
     run_chunk = jax.jit(jax.vmap(prog.run_chunk, in_axes=(0, None)), donate_argnums=0)
     return prog, init, run_chunk
@@ -30,68 +57,347 @@ def seed_keys(seeds):
     return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
 
 
-def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, log_fn=print):
+class _Compiled:
+    """The compiled init and run_chunk of one (cfg, n_seeds), compiled on first use and kept
+    for later runs in the same process (tests, sweeps, resuming in-process)."""
+
+    def __init__(self, cfg: Config, n_seeds: int):
+        self.prog, self._init, self._run_chunk = compile_program(cfg, n_seeds)
+        self.keys = jax.ShapeDtypeStruct((n_seeds, 2), jnp.uint32)
+        self.abstract = ckpt_lib.abstract_like(jax.eval_shape(self._init, self.keys))
+        self.init_c = self.chunk_c = None
+
+    def init(self):
+        if self.init_c is None:
+            self.init_c = self._init.lower(self.keys).compile()
+        return self.init_c
+
+    def chunk(self):
+        if self.chunk_c is None:
+            self.chunk_c = self._run_chunk.lower(self.abstract, jnp.int32(0)).compile()
+        return self.chunk_c
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(cfg: Config, n_seeds: int) -> _Compiled:
+    return _Compiled(cfg, n_seeds)
+
+
+# ---------------------------------------------------------------------------- resume checks
+def resume_mismatch(saved_config: dict, saved_seeds, cfg: Config, seeds) -> str | None:
+    """Why a run saved with (saved_config, saved_seeds) cannot continue as (cfg, seeds); None
+    if it can. Only total_env_steps may change, and only upwards."""
+    if list(saved_seeds) != list(seeds):
+        return f"seeds {list(seeds)} differ from the run's seeds {list(saved_seeds)}"
+    new, defaults = cfg.to_dict(), Config().to_dict()
+    for k in new:
+        if k == "total_env_steps":
+            continue
+        # a field added after the run was saved counts as the run's if it has its default
+        if saved_config.get(k, defaults[k]) != new[k]:
+            return (f"{k}={new[k]!r} differs from the run's {k}={saved_config.get(k, '<missing>')!r}"
+                    f"; only total_env_steps may change when resuming")
+    if cfg.total_env_steps < saved_config["total_env_steps"]:
+        return (f"total_env_steps={cfg.total_env_steps} is less than the run's "
+                f"{saved_config['total_env_steps']}; a resumed run can only continue")
+    return None
+
+
+# ---------------------------------------------------------------------------- non-finite guard
+# Parts of the TrainState checked after every chunk: every network, optimiser state,
+# the normaliser statistics and the action-guidance scale.
+PARAM_FIELDS = ("denoiser", "denoiser_ema", "denoiser_opt", "reward_model", "reward_opt", "agent",
+                "log_delta", "norm")
+
+
+def _finite_flags(state):
+    """{field: tree of bool [n_seeds]}: whether every value of the leaf is finite, per seed."""
+    def leaf(x):
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.ones(x.shape[:1], bool)
+        return jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
+    return jax.tree.map(leaf, {f: getattr(state, f) for f in PARAM_FIELDS})
+
+
+_finite_flags_jit = jax.jit(_finite_flags)
+
+
+def _path_str(path) -> str:
+    parts = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                parts.append(str(getattr(p, attr)))
+                break
+        else:
+            parts.append(str(p))
+    return ".".join(parts)
+
+
+def nonfinite_parameter(state, seeds):
+    """(parameter path, [seeds]) of the first non-finite parameter leaf, or None."""
+    flags = jax.device_get(_finite_flags_jit(state))
+    for path, ok in jax.tree_util.tree_leaves_with_path(flags):
+        ok = np.asarray(ok)
+        if not ok.all():
+            return "parameter " + _path_str(path), [seeds[i] for i in np.flatnonzero(~ok)]
+    return None
+
+
+def _expected_metrics(cfg: Config, i: int):
+    """The metrics that iteration i must compute: a NaN there is an error. Elsewhere NaN is a
+    placeholder (no evaluation or agent update this iteration, a diagnostic that the learner
+    does not report, no training episode finished yet); inf is an error everywhere."""
+    E = cfg.env_steps_per_iter
+    out = set()
+    if i > cfg.n_iters:
+        return out
+    if (i < cfg.n_iters and (i * E) % cfg.eval_every == 0) or i == cfg.n_iters:
+        out.add("eval_return")
+    if i < cfg.n_iters:
+        if cfg.diffusion_updates_per_iter > 0:
+            out.add("diffusion_loss")
+            if cfg.guide == "reward":
+                out.add("reward_model_loss")
+        if cfg.agent_updates_per_iter > 0 and i * E >= cfg.agent_start_env_steps:
+            out.update(("actor_loss", "critic_loss"))
+    return out
+
+
+def nonfinite_metric(cfg: Config, metrics: dict, first_iter: int, seeds):
+    """(metric, env step, [seeds]) of the first metric of a chunk that is infinite, or NaN
+    where the iteration computed it; None if all are fine. Train metrics of iteration i are
+    reported at env step (i+1)*E (the row they are logged in), eval_return at i*E."""
+    E = cfg.env_steps_per_iter
+    for j in range(cfg.iters_per_chunk):
+        i = first_iter + j
+        if i > cfg.n_iters:
+            break
+        expected = _expected_metrics(cfg, i)
+        for k, v in metrics.items():
+            col = np.asarray(v)[:, j]
+            bad = np.isinf(col) | (np.isnan(col) if k in expected else False)
+            if bad.any():
+                step = i * E if k == "eval_return" else (i + 1) * E
+                return k, step, [seeds[s] for s in np.flatnonzero(bad)]
+    return None
+
+
+def _inject_nan(cfg, state, metrics, chunk_first_iter, target):
+    """Test hook: poisons one metric value (or, for target 'params', one parameter leaf) of seed
+    index 0. Runs in Python between chunks, never inside the compiled program."""
+    if target == "params":
+        leaves, tree = jax.tree.flatten(state.agent.actor)
+        leaves[0] = leaves[0].at[0].set(jnp.nan)
+        return state.replace(agent=state.agent.replace(actor=jax.tree.unflatten(tree, leaves))), metrics
+    metrics = dict(metrics)
+    arr = np.array(metrics[target])
+    j = next((j for j in range(cfg.iters_per_chunk)
+              if target in _expected_metrics(cfg, chunk_first_iter + j)), 0)
+    arr[0, j] = np.nan
+    metrics[target] = arr
+    return state, metrics
+
+
+# ---------------------------------------------------------------------------- the run
+def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, log_fn=print,
+        checkpoint_every: int | None = None, resume: bool = False, *,
+        _inject_nan_at_chunk: int | None = None, _inject_nan_into: str = "diffusion_loss",
+        _stop_after_chunk: int | None = None):
     """Trains every seed in `seeds` (list of ints) for cfg.total_env_steps.
 
     Writes config.json, metrics.jsonl, summary.json (and a plot) under `logdir` when given.
+    checkpoint_every: env steps between Orbax checkpoints in <logdir>/checkpoints (rounded to
+      whole chunks, at least one); None: no checkpoints. The state before the last chunk and
+      the final state are always saved when checkpointing. The last 3 are kept.
+    resume: continue the run in `logdir` from its newest valid checkpoint (from the start if
+      there is none); metrics.jsonl is cut back to the checkpoint's rows, so the finished
+      file equals that of a run that never stopped. cfg may differ from the run's only in a
+      larger total_env_steps; seeds must be the same.
     Returns (final TrainState [n_seeds, ...], list of metric rows, summary dict).
+
+    Raises:
+      NonFiniteError: a metric or parameter became non-finite (that state is not saved).
+      ValueError: resume without a run in logdir, or one that cannot continue as `cfg`.
     """
     seeds = list(seeds)
-    writer = runlog.RunWriter(logdir, cfg, seeds) if logdir else None
-    prog, init, run_chunk = compile_program(cfg, len(seeds))
+    L, E, n_iters = cfg.iters_per_chunk, cfg.env_steps_per_iter, cfg.n_iters
+    n_chunks = math.ceil((n_iters + 1) / L)
+    if (resume or checkpoint_every is not None) and not logdir:
+        raise ValueError("checkpoints and resume need a logdir")
+    if checkpoint_every is not None and checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be positive")
+    if resume:
+        if not os.path.exists(os.path.join(logdir, "config.json")):
+            raise ValueError(f"cannot resume: {logdir} holds no run (no config.json)")
+        why = resume_mismatch(*runlog.read_config(logdir), cfg, seeds)
+        if why:
+            raise ValueError(f"cannot resume the run in {logdir}: {why}")
+
+    elif logdir:
+        if os.path.exists(os.path.join(logdir, "metrics.jsonl")):
+            raise FileExistsError(f"{logdir} already holds a run (metrics.jsonl); resume it or use a new logdir")
+        ck_dir = os.path.join(logdir, "checkpoints")
+        if os.path.isdir(ck_dir) and os.listdir(ck_dir):
+            raise FileExistsError(f"{ck_dir} already holds checkpoints; resume the run or use a new logdir")
 
     t0 = time.perf_counter()
-    keys = seed_keys(seeds)
-    init_c = init.lower(keys).compile()
-    t_init_compile = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    state = jax.block_until_ready(init_c(keys))
-    t_prefill = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    chunk_c = run_chunk.lower(state, jnp.int32(0)).compile()
-    t_compile = time.perf_counter() - t0 + t_init_compile
+    compiled = _compiled(cfg, len(seeds))
+    abstract = compiled.abstract
+    t_compile = time.perf_counter() - t0
 
-    L = cfg.iters_per_chunk
-    n_chunks = math.ceil((cfg.n_iters + 1) / L)
-    E = cfg.env_steps_per_iter
-    rows, prev_train = [], [None] * len(seeds)
-    bar = runlog.Progress(cfg.total_env_steps, enabled=progress)
-    t_run = time.perf_counter()
-    for c in range(n_chunks):
-        t_c = time.perf_counter()
-        state, metrics = chunk_c(state, jnp.int32(c * L))
-        metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
-        dt = time.perf_counter() - t_c
-        n_train_iters = max(0, min(cfg.n_iters, (c + 1) * L) - c * L)
-        sps = n_train_iters * E / dt if dt > 0 else float("nan")
-        new_rows = []
-        for j in range(L):
-            i = c * L + j
-            if i > cfg.n_iters:
-                break
-            for s_idx, seed in enumerate(seeds):
-                row = {"seed": seed, "env_steps": i * E, "env_steps_per_s": sps}
-                if prev_train[s_idx] is not None:
-                    row.update(prev_train[s_idx])
-                ev = float(metrics["eval_return"][s_idx, j])
-                if not math.isnan(ev):
-                    row["eval_return"] = ev
-                new_rows.append(row)
-                prev_train[s_idx] = {k: float(v[s_idx, j]) for k, v in metrics.items()
-                                     if k != "eval_return" and not math.isnan(float(v[s_idx, j]))}
-        rows.extend(new_rows)
+    ckpt = None
+    if logdir and (checkpoint_every is not None or resume):
+        ckpt = ckpt_lib.Checkpointer(os.path.join(logdir, "checkpoints"), log_fn=log_fn)
+    every_chunks = max(1, round(checkpoint_every / (L * E))) if checkpoint_every else None
+
+    restored = None
+    t_prefill = 0.0
+    if resume:
+        t0 = time.perf_counter()
+        n_lines = runlog.count_rows(logdir)
+
+        def accept(d):
+            why = resume_mismatch(d.get("config", {}), d.get("seeds", []), cfg, seeds)
+            if why:
+                return why
+            if d["iters_per_chunk"] != L:
+                return "different iters_per_chunk"
+            if d["rows"] > n_lines:
+                return f"its {d['rows']} rows are not all in metrics.jsonl ({n_lines})"
+            if d["final"]:
+                return None if d["n_iters"] == n_iters else (
+                    "the final state of a shorter run (continuing uses the state before its last chunk)")
+            if d["next_chunk"] * L > n_iters:
+                return "past this run's budget"
+            return None
+
+        def valid_state(s):
+            bad = nonfinite_parameter(s, seeds)
+            return f"non-finite {bad[0]} (seeds {bad[1]})" if bad else None
+
+        restored = ckpt.restore(abstract, accept=accept, validate_state=valid_state)
+        if restored is None:
+            log_fn(f"resume: no valid checkpoint in {ckpt.directory}; starting {logdir} from the beginning")
+        else:
+            log_fn(f"resume: continuing {logdir} from checkpoint step {restored.step} "
+                   f"(env step {restored.driver['env_steps']})")
+        if restored is not None and restored.driver["final"]:  # same budget: nothing left to run
+            log_fn(f"resume: the run in {logdir} is already complete")
+            ckpt.close()
+            rows = runlog.read_rows(logdir)[:restored.driver["rows"]]
+            try:
+                with open(os.path.join(logdir, "summary.json")) as f:
+                    summary = json.load(f)
+            except (OSError, ValueError):
+                summary = runlog.summarize(rows, seeds)
+            return restored.state, rows, summary
+        ckpt.delete_after(restored.step if restored else -1)
+        t_prefill = time.perf_counter() - t0
+
+    writer = None
+    if logdir:
+        writer = runlog.RunWriter(logdir, cfg, seeds,
+                                  keep_rows=(restored.driver["rows"] if restored else 0) if resume else None)
+    try:
+        if restored is not None:
+            state = restored.state
+            start_chunk = restored.driver["next_chunk"]
+            prev_train = [None if p is None else dict(p) for p in restored.driver["prev_train"]]
+        else:
+            t0 = time.perf_counter()
+            init_c = compiled.init()
+            t_compile += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            state = jax.block_until_ready(init_c(seed_keys(seeds)))
+            t_prefill = time.perf_counter() - t0
+            start_chunk, prev_train = 0, [None] * len(seeds)
+        rows = list(writer.rows) if writer else []
+        if start_chunk < n_chunks:
+            t0 = time.perf_counter()
+            chunk_c = compiled.chunk()
+            t_compile += time.perf_counter() - t0
+
+        def driver(c, final=False):
+            return {"step": c, "next_chunk": c, "final": final, "rows": len(rows),
+                    "prev_train": prev_train, "env_steps": min(c * L, n_iters) * E, "n_iters": n_iters,
+                    "iters_per_chunk": L, "seeds": seeds, "config": cfg.to_dict()}
+
+        bar = runlog.Progress(cfg.total_env_steps, enabled=progress, initial=min(start_chunk * L, n_iters) * E)
+        t_run = time.perf_counter()
+        for c in range(start_chunk, n_chunks):
+            if ckpt is not None and every_chunks and not (restored is not None and c == start_chunk) and (
+                    (c > 0 and c % every_chunks == 0) or c == n_chunks - 1):
+                ckpt.save(c, state, driver(c))
+            t_c = time.perf_counter()
+            state, metrics = chunk_c(state, jnp.int32(c * L))
+            metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
+            dt = time.perf_counter() - t_c
+            if c == _inject_nan_at_chunk:
+                state, metrics = _inject_nan(cfg, state, metrics, c * L, _inject_nan_into)
+            _check_finite(cfg, state, metrics, c, seeds, ckpt, log_fn)
+            n_train_iters = max(0, min(n_iters, (c + 1) * L) - c * L)
+            sps = n_train_iters * E / dt if dt > 0 else float("nan")
+            new_rows = []
+            for j in range(L):
+                i = c * L + j
+                if i > n_iters:
+                    break
+                for s_idx, seed in enumerate(seeds):
+                    row = {"seed": seed, "env_steps": i * E, "env_steps_per_s": sps}
+                    if prev_train[s_idx] is not None:
+                        row.update(prev_train[s_idx])
+                    ev = float(metrics["eval_return"][s_idx, j])
+                    if not math.isnan(ev):
+                        row["eval_return"] = ev
+                    new_rows.append(row)
+                    prev_train[s_idx] = {k: float(v[s_idx, j]) for k, v in metrics.items()
+                                         if k != "eval_return" and not math.isnan(float(v[s_idx, j]))}
+            rows.extend(new_rows)
+            if writer:
+                writer.write_rows(new_rows)
+            bar.update(min(n_iters, (c + 1) * L) * E, sps, _last_eval(rows))
+            if c == _stop_after_chunk:
+                raise _Interrupted(f"test hook: stopped after chunk {c}")
+        bar.close()
+        t_total = time.perf_counter() - t_run
+        if ckpt is not None and every_chunks and start_chunk < n_chunks:
+            ckpt.save(n_chunks, state, driver(n_chunks, final=True))
+        steps_run = (n_iters - min(start_chunk * L, n_iters)) * E
+        summary = runlog.summarize(rows, seeds)
+        summary.update(compile_s=t_compile, prefill_s=t_prefill, train_s=t_total,
+                       env_steps_per_s=steps_run / t_total if t_total > 0 and steps_run else float("nan"),
+                       n_seeds=len(seeds))
+        if restored is not None:
+            summary["resumed_from_env_steps"] = restored.driver["env_steps"]
         if writer:
-            writer.write_rows(new_rows)
-        bar.update(min(cfg.n_iters, (c + 1) * L) * E, sps, _last_eval(rows))
-    bar.close()
-    t_total = time.perf_counter() - t_run
-    summary = runlog.summarize(rows, seeds)
-    summary.update(compile_s=t_compile, prefill_s=t_prefill, train_s=t_total,
-                   env_steps_per_s=cfg.total_env_steps / t_total if t_total > 0 else float("nan"),
-                   n_seeds=len(seeds))
-    if writer:
-        writer.finish(summary)
-    return state, rows, summary
+            writer.finish(summary)
+        return state, rows, summary
+    finally:
+        if writer:
+            writer.close()
+        if ckpt is not None:
+            ckpt.close()
+
+
+def _check_finite(cfg, state, metrics, c, seeds, ckpt, log_fn):
+    L, E = cfg.iters_per_chunk, cfg.env_steps_per_iter
+    bad = nonfinite_metric(cfg, metrics, c * L, seeds)
+    if bad:
+        what, step, bad_seeds = bad
+    else:
+        badp = nonfinite_parameter(state, seeds)
+        if not badp:
+            return
+        what, bad_seeds = badp
+        step = min(cfg.n_iters, (c + 1) * L) * E
+    seed_s = f"seed {bad_seeds[0]}" if len(bad_seeds) == 1 else f"seeds {', '.join(map(str, bad_seeds))}"
+    last = ""
+    if ckpt is not None:
+        good = ckpt.valid_steps()
+        last = (f"; last good checkpoint: {ckpt.step_dir(good[-1])}" if good else "; no checkpoint saved yet")
+    raise NonFiniteError(f"non-finite {what} for {seed_s} at env step {step}: run stopped, this "
+                         f"state was not saved{last}")
 
 
 def _last_eval(rows):

@@ -1,7 +1,14 @@
-"""Shared absl entry point: `python -m experiments.<task> [--flags]`.
+"""Shared absl entry point: `python -m experiments.<task> [--flags]` (or
+`python -m experiments --task=<task> [--flags]`).
 
-Flags only choose; every default lives in the preset (agdjax/config.py). Every bad value
-stops with a one-line error naming the flag and what is allowed (exit status 2).
+Flags only choose; every default lives in the preset (agdjax/config.py). Every flag is
+checked before anything is compiled: a bad value stops with one line on stderr naming the
+flag, the value and what is allowed (exit status 2, no traceback), and nothing already in the
+run directory is touched.
+
+`--resume` continues the run in `--logdir` from its newest valid checkpoint, to
+`--total_env_steps` (default: the run's). Flags not given on the command line take the run's
+values; flags given must match the run (only --total_env_steps may grow).
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ from absl import app, flags
 from agdjax import config as C
 
 FLAGS = flags.FLAGS
+flags.DEFINE_string("task", None, f"task: {', '.join(C.TASKS)} (default: the entry point's)")
 flags.DEFINE_string("guide", "none", f"state guide: {', '.join(C.GUIDES)}")
 flags.DEFINE_string("agent", "a2c", f"imagination learner: {', '.join(C.AGENTS)}")
 flags.DEFINE_bool("model_free", False, "train the learner on the real environment (no world model)")
@@ -24,61 +32,203 @@ flags.DEFINE_string("backend", "mjx", f"Brax backend: {', '.join(C.BACKENDS)}")
 flags.DEFINE_string("preset", "auto", f"{', '.join(C.PRESETS)}; auto = paper on GPU/TPU, cpu on CPU")
 flags.DEFINE_float("guide_scale", None, "state-guide scale c (default: sag 4, eag 3, reward 1)")
 flags.DEFINE_string("logdir", None, "run directory (default: runs/<task>_<guide>_<preset>_<time>)")
+flags.DEFINE_integer("checkpoint_every", None,
+                     "env steps between Orbax checkpoints, rounded to whole chunks (default: the "
+                     "preset's eval_every)")
+flags.DEFINE_bool("resume", False, "continue the run in --logdir from its newest valid checkpoint, "
+                                   "to --total_env_steps")
 flags.DEFINE_bool("progress", True, "show a progress bar")
+
+# Config fields a flag sets; on --resume the ones not given come from the run's config.json.
+_CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps")
 
 
 def fail(msg: str):
     """One line on stderr, exit status 2, no traceback."""
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
     sys.exit(2)
 
 
-def build_config(task: str, platform: str) -> C.Config:
+def _given(name: str) -> bool:
+    return FLAGS[name].present > 0
+
+
+def _saved_run(logdir: str):
+    """(config dict, seeds) of the run in `logdir`, for --resume; fails if there is none."""
+    import json
+    path = os.path.join(logdir, "config.json")
+    if not os.path.isfile(path):
+        fail(f"--resume: --logdir={logdir} holds no run (no config.json); start it without --resume")
+    try:
+        with open(path) as f:
+            d = json.load(f)
+        return d["config"], list(d["seeds"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"--resume: --logdir={logdir} has an unreadable config.json ({e})")
+
+
+def build_config(task: str, platform: str, saved=None) -> C.Config:
+    """The run's config from the flags (and, on --resume, the saved run's values for the flags
+    not given). Fails with a one-line message on any bad value."""
     preset = FLAGS.preset
     if preset not in C.PRESETS:
         fail(f"--preset={preset!r} is not allowed; choose one of {', '.join(C.PRESETS)}")
+    if saved is not None and not _given("preset"):
+        preset = saved[0].get("preset", preset)
     preset = C.resolve_preset(preset, platform)
-    if FLAGS.num_seeds <= 0:
-        fail(f"--num_seeds={FLAGS.num_seeds} must be a positive integer")
-    if FLAGS.seed < 0:
-        fail(f"--seed={FLAGS.seed} must be >= 0")
+    if FLAGS.total_env_steps is not None and FLAGS.total_env_steps <= 0:
+        fail(f"--total_env_steps={FLAGS.total_env_steps} must be a positive integer")
+    values = {name: getattr(FLAGS, name) for name in _CONFIG_FLAGS}
+    if saved is not None:
+        for name in _CONFIG_FLAGS:
+            if not _given(name) and name in saved[0]:
+                values[name] = saved[0][name]
     try:
-        return C.make_config(task, preset, guide=FLAGS.guide, agent=FLAGS.agent,
-                             model_free=FLAGS.model_free, backend=FLAGS.backend,
-                             total_env_steps=FLAGS.total_env_steps, guide_scale=FLAGS.guide_scale)
+        return C.make_config(task, preset, **values)
     except C.ConfigError as e:
         fail(str(e))
 
 
-def main_for(task: str):
+def check_resume_flags(saved, platform: str, logdir: str):
+    """Fails if a flag given on the command line differs from the saved run's value (before
+    the config is built, so the message names that flag)."""
+    saved_cfg = saved[0]
+    for name in ("preset",) + _CONFIG_FLAGS:
+        if name == "total_env_steps" or not _given(name):
+            continue
+        value = getattr(FLAGS, name)
+        if name == "preset":
+            value = C.resolve_preset(value, platform)
+        if name in saved_cfg and saved_cfg[name] != value:
+            fail(f"--resume: --{name}={value!r} differs from the run's {saved_cfg[name]!r} in "
+                 f"--logdir={logdir}; only --total_env_steps may change when resuming")
+
+
+def check_resume(cfg: C.Config, seeds, saved, logdir: str):
+    """Fails unless the saved run (config, seeds) can continue as (cfg, seeds)."""
+    saved_cfg, saved_seeds = saved
+    if list(saved_seeds) != list(seeds):
+        fail(f"--seed/--num_seeds give seeds {list(seeds)} but the run in --logdir={logdir} has seeds "
+             f"{list(saved_seeds)}; they must match to --resume")
+    new, defaults = cfg.to_dict(), C.Config().to_dict()
+    flag_fields = ("task", "preset") + _CONFIG_FLAGS
+    others = [k for k in new if k not in flag_fields]
+    for k in flag_fields + tuple(others):
+        if k == "total_env_steps":
+            continue
+        # a field added after the run was saved counts as the run's if it has its default
+        if saved_cfg.get(k, defaults[k]) != new[k]:
+            what = f"--{k}={new[k]!r}" if k in flag_fields else f"config field {k}={new[k]!r}"
+            fail(f"--resume: {what} differs from the run's {saved_cfg.get(k, '<missing>')!r} in "
+                 f"--logdir={logdir}; only --total_env_steps may change when resuming")
+    old_total = saved_cfg.get("total_env_steps", 0)
+    if cfg.total_env_steps < old_total:
+        fail(f"--total_env_steps={cfg.total_env_steps} is less than the run's {old_total} in "
+             f"--logdir={logdir}; --resume can only continue to a budget >= {old_total}")
+
+
+def check_logdir_writable(logdir: str):
+    """Creates `logdir` if needed and checks that files can be written in it."""
+    try:
+        os.makedirs(logdir, exist_ok=True)
+        probe = os.path.join(logdir, f".write_test_{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        fail(f"--logdir={logdir} is not writable ({e.strerror or e}); choose a directory you can write")
+
+
+def _holds_run(logdir: str) -> bool:
+    if os.path.exists(os.path.join(logdir, "metrics.jsonl")):
+        return True
+    ck = os.path.join(logdir, "checkpoints")
+    return os.path.isdir(ck) and bool(os.listdir(ck))
+
+
+def _backend() -> str:
+    """jax.default_backend(), without the INFO lines about backends that are not there."""
+    import logging
+    import jax
+    log = logging.getLogger("jax._src.xla_bridge")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        return jax.default_backend()
+    finally:
+        log.setLevel(level)
+
+
+def _parse_flags(argv):
+    """absl flag parsing with one-line errors (exit 2) instead of absl's usage dump."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        fail(f"{e}; see --helpfull for the flags")
+
+
+def main_for(task: str | None):
     def main(argv):
         if len(argv) > 1:
             fail(f"unexpected arguments {argv[1:]}; flags are --name=value")
+        chosen = task
+        if FLAGS.task is not None:
+            if FLAGS.task not in C.TASKS:
+                fail(f"--task={FLAGS.task!r} is not allowed; choose one of {', '.join(C.TASKS)}")
+            if task is not None and FLAGS.task != task:
+                fail(f"--task={FLAGS.task!r}: this entry point runs {task}; use "
+                     f"python -m experiments.{FLAGS.task}")
+            chosen = FLAGS.task
+        if chosen is None:
+            fail(f"--task is required; choose one of {', '.join(C.TASKS)}")
+        for name in ("num_seeds", "checkpoint_every"):
+            v = getattr(FLAGS, name)
+            if v is not None and v <= 0:
+                fail(f"--{name}={v} must be a positive integer")
+        if FLAGS.seed < 0:
+            fail(f"--seed={FLAGS.seed} must be >= 0")
+        saved = None
+        if FLAGS.resume:
+            if not FLAGS.logdir:
+                fail("--resume needs --logdir=<the run directory to continue>")
+            saved = _saved_run(FLAGS.logdir)
+
+        platform = _backend()
         import jax
-        platform = jax.default_backend()
-        cfg = build_config(task, platform)
-        if cfg.agent != "a2c" or cfg.model_free:
-            fail(f"--agent={cfg.agent} / --model_free are not implemented yet; use --agent=a2c")
+        if saved is not None:
+            check_resume_flags(saved, platform, FLAGS.logdir)
+        cfg = build_config(chosen, platform, saved)
+        if saved is not None and not (_given("seed") or _given("num_seeds")):
+            seeds = list(saved[1])
+        else:
+            seeds = list(range(FLAGS.seed, FLAGS.seed + FLAGS.num_seeds))
+        n_dev = jax.local_device_count()
+        if len(seeds) % n_dev:
+            fail(f"--num_seeds={len(seeds)} cannot be split evenly over the {n_dev} local devices; "
+                 f"use a multiple of {n_dev}")
+        checkpoint_every = FLAGS.checkpoint_every or cfg.eval_every
+
         logdir = FLAGS.logdir or os.path.join(
-            "runs", f"{task}_{cfg.guide}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}")
-        if os.path.exists(os.path.join(logdir, "metrics.jsonl")):
-            fail(f"--logdir={logdir} already holds a run; choose a new directory")
-        try:
-            os.makedirs(logdir, exist_ok=True)
-            probe = os.path.join(logdir, ".write_test")
-            open(probe, "w").close()
-            os.remove(probe)
-        except OSError as e:
-            fail(f"--logdir={logdir} is not writable ({e.strerror})")
-        seeds = list(range(FLAGS.seed, FLAGS.seed + FLAGS.num_seeds))
+            "runs", f"{chosen}_{cfg.guide}_{cfg.preset}_{time.strftime('%Y%m%d-%H%M%S')}")
+        if saved is not None:
+            check_resume(cfg, seeds, saved, logdir)
+        elif _holds_run(logdir):
+            fail(f"--logdir={logdir} already holds a run; choose a new directory or pass --resume")
+        check_logdir_writable(logdir)
+
         print(f"agdjax: preset={cfg.preset} device={platform} ({jax.devices()[0].device_kind}) "
-              f"task={task} backend={cfg.backend} guide={cfg.guide} agent={cfg.agent} "
-              f"seeds={seeds} total_env_steps={cfg.total_env_steps} logdir={logdir}", flush=True)
+              f"task={chosen} backend={cfg.backend} guide={cfg.guide} agent={cfg.agent} "
+              f"seeds={seeds} total_env_steps={cfg.total_env_steps} logdir={logdir}"
+              f"{' (resume)' if saved is not None else ''}", flush=True)
         from agdjax import loop
-        _, _, summary = loop.run(cfg, seeds, logdir, progress=FLAGS.progress)
+        try:
+            _, _, summary = loop.run(cfg, seeds, logdir, progress=FLAGS.progress,
+                                     checkpoint_every=checkpoint_every, resume=saved is not None)
+        except loop.NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
         print(f"done: final eval return {summary.get('final_eval_return_mean', float('nan')):.1f} "
               f"± {summary.get('final_eval_return_std', float('nan')):.1f} at "
               f"{summary.get('final_env_steps')} env steps; compile {summary['compile_s']:.0f}s, "
               f"train {summary['train_s']:.0f}s; run directory {logdir}", flush=True)
 
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

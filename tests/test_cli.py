@@ -1,0 +1,137 @@
+"""Bad input to `python -m experiments.halfcheetah`: one line on stderr naming the flag, the
+value and what is allowed; exit status 2; no traceback; nothing in the run directory touched;
+nothing compiled (JAX_LOG_COMPILES=1 would add lines to stderr)."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from agdjax.config import make_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = ["--preset=smoke", "--backend=positional"]
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    """A run directory as a smoke run leaves it (guide none, seed 0, 64 env steps)."""
+    d = tmp_path / "run"
+    (d / "checkpoints" / "1").mkdir(parents=True)
+    cfg = make_config("halfcheetah", "smoke", guide="none", backend="positional")
+    (d / "config.json").write_text(json.dumps({"config": cfg.to_dict(), "seeds": [0]}, indent=2))
+    (d / "metrics.jsonl").write_text('{"seed": 0, "env_steps": 0, "eval_return": 1.0}\n')
+    (d / "summary.json").write_text("{}")
+    (d / "checkpoints" / "1" / "data").write_bytes(b"\x00" * 100)
+    return d
+
+
+def snapshot(d):
+    out = {}
+    for root, dirs, files in os.walk(d):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            st = os.stat(p)
+            digest = hashlib.sha256(open(p, "rb").read()).hexdigest() if os.path.isfile(p) else "dir"
+            out[os.path.relpath(p, d)] = (digest, st.st_mtime_ns)
+    return out
+
+
+def run_cli(args, env_extra=None, module="experiments.halfcheetah"):
+    env = dict(os.environ, JAX_LOG_COMPILES="1", JAX_PLATFORMS="cpu")
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def check_fails(p, *needles):
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, (p.returncode, p.stderr[-3000:])
+    assert len(lines) == 1, p.stderr[-3000:]
+    assert lines[0].startswith("error: ") and "Traceback" not in p.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+# (flags, what the message must name) -- each checked against an existing run directory
+BAD_VALUES = [
+    (["--guide=bogus"], ["--guide='bogus'", "none, sag, eag, reward"]),
+    (["--agent=bogus"], ["--agent='bogus'", "a2c, ppo, trpo"]),
+    (["--backend=bogus"], ["--backend='bogus'", "mjx, spring, positional, generalized"]),
+    (["--preset=bogus"], ["--preset='bogus'", "auto, paper, cpu, smoke"]),
+    (["--task=bogus"], ["--task='bogus'", "halfcheetah, hopper, walker2d, reacher"]),
+    (["--task=hopper"], ["--task='hopper'", "experiments.hopper"]),
+    (["--num_seeds=0"], ["--num_seeds=0", "positive"]),
+    (["--num_seeds=-3"], ["--num_seeds=-3", "positive"]),
+    (["--seed=-1"], ["--seed=-1", ">= 0"]),
+    (["--total_env_steps=0"], ["--total_env_steps=0", "positive"]),
+    (["--total_env_steps=-16"], ["--total_env_steps=-16", "positive"]),
+    (["--total_env_steps=65"], ["--total_env_steps=65", "multiple of"]),
+    (["--checkpoint_every=0"], ["--checkpoint_every=0", "positive"]),
+    (["--checkpoint_every=-5"], ["--checkpoint_every=-5", "positive"]),
+    (["--guide_scale=-1"], ["--guide_scale=-1", ">= 0"]),
+    (["--num_seeds=abc"], ["--num_seeds=abc"]),
+    (["--bogus_flag=1"], ["bogus_flag"]),
+]
+
+
+@pytest.mark.parametrize("flags,needles", BAD_VALUES, ids=[" ".join(f) for f, _ in BAD_VALUES])
+def test_bad_value(fake_run, flags, needles):
+    before = snapshot(fake_run)
+    check_fails(run_cli(SMOKE + [f"--logdir={fake_run}", *flags]), *needles)
+    assert snapshot(fake_run) == before
+
+
+def test_seeds_not_divisible_by_devices(tmp_path):
+    p = run_cli(SMOKE + ["--num_seeds=3", f"--logdir={tmp_path / 'new'}"],
+                env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+    check_fails(p, "--num_seeds=3", "2 local devices", "multiple of 2")
+    assert not (tmp_path / "new").exists()
+
+
+def test_unwritable_logdir(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    check_fails(run_cli(SMOKE + [f"--logdir={blocker / 'run'}"]), f"--logdir={blocker / 'run'}",
+                "not writable")
+    assert blocker.read_text() == "keep me"
+
+
+def test_logdir_holding_a_run_without_resume(fake_run):
+    before = snapshot(fake_run)
+    check_fails(run_cli(SMOKE + [f"--logdir={fake_run}"]), f"--logdir={fake_run}", "already holds a run",
+                "--resume")
+    assert snapshot(fake_run) == before
+
+
+def test_resume_missing_run(tmp_path):
+    check_fails(run_cli(SMOKE + ["--resume", f"--logdir={tmp_path / 'nothing'}"]), "--resume",
+                f"--logdir={tmp_path / 'nothing'}", "no run")
+    assert not (tmp_path / "nothing").exists()
+    check_fails(run_cli(SMOKE + ["--resume"]), "--resume", "--logdir")
+
+
+RESUME_MISMATCH = [
+    (["--guide=sag"], ["--guide='sag'", "'none'", "only --total_env_steps"]),
+    (["--preset=cpu"], ["--preset='cpu'", "'smoke'"]),
+    (["--backend=spring"], ["--backend='spring'", "'positional'"]),
+    (["--guide_scale=2.5"], ["--guide_scale=2.5"]),
+    (["--num_seeds=2"], ["--seed/--num_seeds", "[0, 1]", "[0]"]),
+    (["--seed=4"], ["--seed/--num_seeds", "[4]", "[0]"]),
+    (["--total_env_steps=32"], ["--total_env_steps=32", "64"]),
+]
+
+
+@pytest.mark.parametrize("flags,needles", RESUME_MISMATCH, ids=[" ".join(f) for f, _ in RESUME_MISMATCH])
+def test_resume_with_different_config(fake_run, flags, needles):
+    before = snapshot(fake_run)
+    check_fails(run_cli(SMOKE + ["--resume", f"--logdir={fake_run}", *flags]), *needles)
+    assert snapshot(fake_run) == before
+
+
+def test_task_flag_on_generic_entry_point(tmp_path):
+    check_fails(run_cli(SMOKE, module="experiments"), "--task", "halfcheetah, hopper")
+    check_fails(run_cli(SMOKE + ["--task=hopper", "--guide=bogus"], module="experiments"), "--guide='bogus'")
