@@ -16,14 +16,14 @@ import optax
 from flax import struct
 
 from agdjax import diffusion, envs, normalize, replay as rb
-from agdjax.agents import a2c
+from agdjax.agents import a2c, ppo, trpo
 from agdjax.config import Config
 from agdjax.guidance import one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
 from agdjax.sampler import SamplerFns, sample
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
-           "action_guidance_scale", "logprob_change", "actor_lr", "train_return")
+           "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return")
 
 
 @struct.dataclass
@@ -39,7 +39,7 @@ class TrainState:
     denoiser_opt: optax.OptState
     reward_model: dict
     reward_opt: optax.OptState
-    agent: a2c.A2CState
+    agent: object  # a2c.A2CState | ppo.PPOState | trpo.TRPOState (cfg.agent)
     log_delta: jax.Array  # [], log of the action-guidance scale delta
     diffusion_steps: jax.Array  # int32 []
     key: jax.Array
@@ -86,7 +86,7 @@ def make_train(cfg: Config) -> Program:
 
     # ------------------------------------------------------------------ init + prefill
     def init(key) -> TrainState:
-        k_env, k_a, k_c, k_d, k_r, k_pre, key = jax.random.split(key, 7)
+        k_env, k_a, k_c, k_d, k_r, k_pre, k_ag, key = jax.random.split(key, 8)
         env_carry = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(k_env, cfg.n_envs))
         o = jnp.zeros((1, obs_dim))
         actor_p = mods.actor.init(k_a, o)
@@ -100,7 +100,7 @@ def make_train(cfg: Config) -> Program:
             norm=normalize.init(obs_dim, act_dim),
             denoiser=den_p, denoiser_ema=den_p, denoiser_opt=denoiser_tx.init(den_p),
             reward_model=rew_p, reward_opt=reward_tx.init(rew_p),
-            agent=a2c.init(cfg, actor_p, critic_p),
+            agent=init_agent(cfg, actor_p, critic_p, k_ag),
             log_delta=jnp.log(jnp.float32(cfg.delta_init)),
             diffusion_steps=jnp.zeros((), jnp.int32), key=key)
         random_policy = lambda k, obs: jax.random.uniform(k, (cfg.n_envs, act_dim), minval=-1.0, maxval=1.0)
@@ -189,7 +189,8 @@ def make_train(cfg: Config) -> Program:
         im = imagine(state, key)
         value = lambda o: mods.critic.apply(state.agent.critic, o)
         adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
-        agent, m = a2c.update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
+        agent, m = LEARNERS[cfg.agent].update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
+        m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
         z_std = ((im.action - im.policy_mean) / im.policy_std).std()
         log_delta = state.log_delta + cfg.lr_delta * (z_std - 1.0)
         m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta))
@@ -251,5 +252,12 @@ def make_train(cfg: Config) -> Program:
     return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
 
 
-_AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "imagined_advantage",
+_AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "kl", "imagined_advantage",
                   "action_guidance_scale")
+LEARNERS = {"a2c": a2c, "ppo": ppo, "trpo": trpo}  # imagination learners, same update interface
+
+
+def init_agent(cfg: Config, actor_params, critic_params, key):
+    if cfg.agent == "a2c":
+        return a2c.init(cfg, actor_params, critic_params)
+    return LEARNERS[cfg.agent].init(cfg, actor_params, critic_params, key)
