@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 from typing import Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 MANIFEST = "agdjax_manifest.json"
@@ -84,6 +86,20 @@ def check_manifest(step_dir: str) -> Optional[str]:
     return None
 
 
+def _nonempty_leaves(tree) -> dict:
+    """{index: leaf} of the leaves with data. Orbax refuses zero-size arrays, which MJX states
+    hold (e.g. `pipeline_state.act` of a model without actuator activations)."""
+    return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree)) if math.prod(x.shape) > 0}
+
+
+def _from_nonempty_leaves(saved: dict, template):
+    """Inverse of `_nonempty_leaves`: zero-size leaves are rebuilt from `template`."""
+    leaves, treedef = jax.tree.flatten(template)
+    out = [saved[f"{i:05d}"] if math.prod(x.shape) > 0 else jnp.zeros(x.shape, x.dtype)
+           for i, x in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+
 def abstract_like(tree, device=None):
     """ShapeDtypeStructs (with a single-device sharding) for every leaf of `tree` (arrays or
     ShapeDtypeStructs, e.g. from jax.eval_shape), the restore target of `Checkpointer.restore`."""
@@ -133,7 +149,7 @@ class Checkpointer:
         if step in self.all_steps():
             self.delete(step)
         saved = self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), driver=ocp.args.JsonSave(driver)), force=True)
+            state=ocp.args.StandardSave(_nonempty_leaves(state)), driver=ocp.args.JsonSave(driver)), force=True)
         self.manager.wait_until_finished()
         if not saved:
             raise RuntimeError(f"Orbax did not save checkpoint step {step} in {self.directory}")
@@ -149,8 +165,9 @@ class Checkpointer:
             raise ValueError(f"checkpoint step {step} is not valid: {why}")
         ocp = self._ocp
         r = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_like(abstract_state)), driver=ocp.args.JsonRestore()))
-        state, driver = r["state"], r["driver"]
+            state=ocp.args.StandardRestore(abstract_like(_nonempty_leaves(abstract_state))),
+            driver=ocp.args.JsonRestore()))
+        state, driver = _from_nonempty_leaves(r["state"], abstract_state), r["driver"]
         want = jax.tree.structure(abstract_state)
         if jax.tree.structure(state) != want:
             raise ValueError(f"checkpoint step {step}: state tree differs from the program's")

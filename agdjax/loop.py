@@ -105,7 +105,8 @@ def resume_mismatch(saved_config: dict, saved_seeds, cfg: Config, seeds) -> str 
 
 # ---------------------------------------------------------------------------- non-finite guard
 # Parts of the TrainState checked after every chunk: every network, optimiser state,
-# the normaliser statistics and the action-guidance scale.
+# the normaliser statistics and the action-guidance scale (those the program's state has:
+# the model-free state holds only `agent`).
 PARAM_FIELDS = ("denoiser", "denoiser_ema", "denoiser_opt", "reward_model", "reward_opt", "agent",
                 "log_delta", "norm")
 
@@ -116,7 +117,7 @@ def _finite_flags(state):
         if not jnp.issubdtype(x.dtype, jnp.inexact):
             return jnp.ones(x.shape[:1], bool)
         return jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
-    return jax.tree.map(leaf, {f: getattr(state, f) for f in PARAM_FIELDS})
+    return jax.tree.map(leaf, {f: getattr(state, f) for f in PARAM_FIELDS if hasattr(state, f)})
 
 
 _finite_flags_jit = jax.jit(_finite_flags)
