@@ -11,7 +11,6 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from agdjax.config import make_config

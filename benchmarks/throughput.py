@@ -10,7 +10,6 @@ markdown table. Compile time is always reported apart from run time (AOT lower/c
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
