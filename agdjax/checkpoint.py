@@ -95,17 +95,23 @@ def _nonempty_leaves(tree) -> dict:
 def _from_nonempty_leaves(saved: dict, template):
     """Inverse of `_nonempty_leaves`: zero-size leaves are rebuilt from `template`."""
     leaves, treedef = jax.tree.flatten(template)
-    out = [saved[f"{i:05d}"] if math.prod(x.shape) > 0 else jnp.zeros(x.shape, x.dtype)
+    out = [saved[f"{i:05d}"] if math.prod(x.shape) > 0 else
+           jax.device_put(jnp.zeros(x.shape, x.dtype), getattr(x, "sharding", None))
            for i, x in enumerate(leaves)]
     return jax.tree.unflatten(treedef, out)
 
 
-def abstract_like(tree, device=None):
-    """ShapeDtypeStructs (with a single-device sharding) for every leaf of `tree` (arrays or
-    ShapeDtypeStructs, e.g. from jax.eval_shape), the restore target of `Checkpointer.restore`."""
-    device = device or jax.local_devices()[0]
-    sharding = jax.sharding.SingleDeviceSharding(device)
+def abstract_like(tree, sharding=None):
+    """ShapeDtypeStructs for every leaf of `tree` (arrays or ShapeDtypeStructs, e.g. from
+    jax.eval_shape), placed by `sharding` (default: the first local device), the restore
+    target of `Checkpointer.restore`."""
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _placed(abstract):
+    """`abstract` with the default placement (first local device) on leaves that have none."""
+    return jax.tree.map(lambda x: x if getattr(x, "sharding", None) is not None else abstract_like(x), abstract)
 
 
 class Checkpointer:
@@ -165,7 +171,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint step {step} is not valid: {why}")
         ocp = self._ocp
         r = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_like(_nonempty_leaves(abstract_state))),
+            state=ocp.args.StandardRestore(_placed(_nonempty_leaves(abstract_state))),
             driver=ocp.args.JsonRestore()))
         state, driver = _from_nonempty_leaves(r["state"], abstract_state), r["driver"]
         want = jax.tree.structure(abstract_state)

@@ -41,20 +41,64 @@ class _Interrupted(RuntimeError):
     """Raised by the `_stop_after_chunk` test hook: the run stops as if killed."""
 
 
-def compile_program(cfg: Config, n_seeds: int):
-    """Returns (program, jitted vmapped init, jitted vmapped run_chunk)."""
+def seed_sharding(n_seeds: int, devices=None):
+    """How the seeds of a run are placed: a `NamedSharding` that splits the leading (seed)
+    axis over a 1-D mesh named `seeds` of `devices` (default: `jax.devices()`, every local
+    device, and every host's after `jax.distributed.initialize()`), or None on one device
+    (the program is then the plain vmapped one, unchanged).
+
+    Raises:
+      ValueError: n_seeds does not split evenly over the devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if len(devices) == 1:
+        return None
+    if n_seeds % len(devices):
+        raise ValueError(f"num_seeds={n_seeds} cannot be split evenly over the {len(devices)} devices; "
+                         f"use a multiple of {len(devices)}")
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("seeds",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seeds"))
+
+
+def compile_program(cfg: Config, n_seeds: int, devices=None):
+    """Returns (program, jitted vmapped init, jitted vmapped run_chunk).
+
+    init: keys [n_seeds, 2] -> TrainState [n_seeds, ...]; run_chunk: (state, first iteration)
+    -> (state, metrics {name: [n_seeds, iters_per_chunk]}), state donated. On several devices
+    (see `seed_sharding`) both are `shard_map`s over the `seeds` mesh axis: each device runs
+    the vmapped program on its own seeds, with no communication between devices.
+    """
     if cfg.model_free:
         from agdjax.model_free import make_model_free_train
         prog = make_model_free_train(cfg)
     else:
         prog = make_train(cfg)
-    init = jax.jit(jax.vmap(prog.init))
-    run_chunk = jax.jit(jax.vmap(prog.run_chunk, in_axes=(0, None)), donate_argnums=0)
-    return prog, init, run_chunk
+    init, run_chunk = jax.vmap(prog.init), jax.vmap(prog.run_chunk, in_axes=(0, None))
+    sharding = seed_sharding(n_seeds, devices)
+    if sharding is not None:
+        P = jax.sharding.PartitionSpec
+        init = jax.shard_map(init, mesh=sharding.mesh, in_specs=P("seeds"), out_specs=P("seeds"),
+                              check_vma=False)
+        run_chunk = jax.shard_map(run_chunk, mesh=sharding.mesh, in_specs=(P("seeds"), P()),
+                                  out_specs=P("seeds"), check_vma=False)
+    return prog, jax.jit(init), jax.jit(run_chunk, donate_argnums=0)
 
 
-def seed_keys(seeds):
-    return jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+def seed_keys(seeds, sharding=None):
+    """PRNG keys [n_seeds, 2] of `seeds`, placed by `sharding` (see `seed_sharding`) when given
+    (a global array: each host fills only its own devices' rows)."""
+    keys = np.asarray(jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32)))
+    if sharding is None:
+        return jnp.asarray(keys)
+    return jax.make_array_from_callback(keys.shape, sharding, lambda idx: keys[idx])
+
+
+def to_host(tree):
+    """numpy copies of a (possibly seed-sharded, possibly multi-host) tree of arrays."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 class _Compiled:
@@ -63,8 +107,9 @@ class _Compiled:
 
     def __init__(self, cfg: Config, n_seeds: int):
         self.prog, self._init, self._run_chunk = compile_program(cfg, n_seeds)
-        self.keys = jax.ShapeDtypeStruct((n_seeds, 2), jnp.uint32)
-        self.abstract = ckpt_lib.abstract_like(jax.eval_shape(self._init, self.keys))
+        self.sharding = seed_sharding(n_seeds)
+        self.keys = jax.ShapeDtypeStruct((n_seeds, 2), jnp.uint32, sharding=self.sharding)
+        self.abstract = ckpt_lib.abstract_like(jax.eval_shape(self._init, self.keys), self.sharding)
         self.init_c = self.chunk_c = None
 
     def init(self):
@@ -137,7 +182,7 @@ def _path_str(path) -> str:
 
 def nonfinite_parameter(state, seeds):
     """(parameter path, [seeds]) of the first non-finite parameter leaf, or None."""
-    flags = jax.device_get(_finite_flags_jit(state))
+    flags = to_host(_finite_flags_jit(state))
     for path, ok in jax.tree_util.tree_leaves_with_path(flags):
         ok = np.asarray(ok)
         if not ok.all():
@@ -297,7 +342,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         t_prefill = time.perf_counter() - t0
 
     writer = None
-    if logdir:
+    if logdir and jax.process_index() == 0:  # with several hosts, one writes the run's files
         writer = runlog.RunWriter(logdir, cfg, seeds,
                                   keep_rows=(restored.driver["rows"] if restored else 0) if resume else None)
     try:
@@ -310,7 +355,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             init_c = compiled.init()
             t_compile += time.perf_counter() - t0
             t0 = time.perf_counter()
-            state = jax.block_until_ready(init_c(seed_keys(seeds)))
+            state = jax.block_until_ready(init_c(seed_keys(seeds, compiled.sharding)))
             t_prefill = time.perf_counter() - t0
             start_chunk, prev_train = 0, [None] * len(seeds)
         rows = list(writer.rows) if writer else []
@@ -324,7 +369,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                     "prev_train": prev_train, "env_steps": min(c * L, n_iters) * E, "n_iters": n_iters,
                     "iters_per_chunk": L, "seeds": seeds, "config": cfg.to_dict()}
 
-        bar = runlog.Progress(cfg.total_env_steps, enabled=progress, initial=min(start_chunk * L, n_iters) * E)
+        bar = runlog.Progress(cfg.total_env_steps, enabled=progress and jax.process_index() == 0, initial=min(start_chunk * L, n_iters) * E)
         t_run = time.perf_counter()
         for c in range(start_chunk, n_chunks):
             if ckpt is not None and every_chunks and not (restored is not None and c == start_chunk) and (
@@ -332,7 +377,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                 ckpt.save(c, state, driver(c))
             t_c = time.perf_counter()
             state, metrics = chunk_c(state, jnp.int32(c * L))
-            metrics = jax.tree.map(np.asarray, jax.device_get(metrics))
+            metrics = to_host(metrics)
             dt = time.perf_counter() - t_c
             if c == _inject_nan_at_chunk:
                 state, metrics = _inject_nan(cfg, state, metrics, c * L, _inject_nan_into)

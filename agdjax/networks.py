@@ -79,11 +79,21 @@ class RandomFourierTime(nn.Module):
         return jnp.concatenate([t, jnp.sin(f), jnp.cos(f)], -1)
 
 
+def dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`lax.dot_general` that accumulates and returns float32 whatever the operand dtype:
+    bfloat16 operands then run on the CPU's bf16 dot-product units (AVX512-BF16 / AMX) or
+    GPU tensor cores, with fp32 sums (a bf16 result would round every output)."""
+    del preferred_element_type
+    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                               preferred_element_type=jnp.float32)
+
+
 class ResidualMLPDenoiser(nn.Module):
     """Predicts the clean trajectory x0 from a noisy one.
 
     Inputs: x_t [B, H, obs_dim+2], scaled actions [B, H, act_dim] (sqrt(alpha_bar_t) * a),
-    t int [B]. Output x0_hat [B, H, obs_dim+2]. `dtype` is the matmul dtype (params fp32).
+    t int [B]. Output x0_hat [B, H, obs_dim+2]. `dtype` is the matmul operand dtype; params,
+    matmul accumulation and the output stay float32 (`dot_accumulate_f32`).
     """
     hidden: int = 1024
     n_blocks: int = 6
@@ -95,7 +105,8 @@ class ResidualMLPDenoiser(nn.Module):
         b, h, d = x_t.shape
         inp = jnp.concatenate([x_t.reshape(b, -1), actions.reshape(b, -1)], -1)
         embed = max(inp.shape[-1], 128)
-        dense = lambda n: nn.Dense(n, dtype=self.dtype)
+        low = jnp.dtype(self.dtype) != jnp.float32
+        dense = lambda n: nn.Dense(n, dtype=self.dtype, dot_general=dot_accumulate_f32 if low else None)
         t_emb = RandomFourierTime(self.time_dim)(t)
         t_emb = dense(embed)(nn.silu(dense(embed)(t_emb)))
         z = dense(embed)(inp) + t_emb

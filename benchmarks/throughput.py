@@ -3,9 +3,17 @@ end-to-end seed scaling, and achieved FLOP/s against a measured matmul peak.
 
     python -m benchmarks.throughput --quick            # CPU check in a few minutes
     python -m benchmarks.throughput --preset=paper     # on a GPU
+    python -m benchmarks.throughput --preset=paper --seeds= --denoiser_dtype=bfloat16  # CPU
 
-Writes JSON (--out, default benchmarks/results/throughput_<device>.json) and prints a
-markdown table. Compile time is always reported apart from run time (AOT lower/compile).
+Writes JSON (--out, default benchmarks/results/throughput_<platform>_<preset>.json) and
+prints a markdown table. Compile time is always reported apart from run time (AOT
+lower/compile), run times are the best of a few calls after a warm-up.
+
+FLOPs are the denoiser's (XLA cost analysis of one denoiser forward at the sampler's batch,
+times the number of diffusion steps; of one x0-loss gradient at the training batch, times
+the number of updates): cost analysis counts a `lax.scan` body once, so it cannot be taken
+from the scanned phases themselves. Guides, policy and bookkeeping are left out, so the
+fraction of peak is a lower bound of the work done.
 """
 from __future__ import annotations
 
@@ -18,16 +26,31 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from agdjax import envs, loop
+from agdjax import diffusion, envs, loop, normalize
 from agdjax.config import GUIDES, make_config
+from agdjax.train import make_modules
 
 flags.DEFINE_bool("quick", False, "small sizes: a CPU check in a few minutes")
 flags.DEFINE_string("task", "halfcheetah", "task")
 flags.DEFINE_string("backend", None, "Brax backend (default: mjx; positional with --quick)")
 flags.DEFINE_string("preset", None, "preset (default: cpu; smoke with --quick)")
 flags.DEFINE_string("denoiser_dtype", "float32", "float32 or bfloat16")
+flags.DEFINE_list("seeds", None, "seed counts of the end-to-end section (default 1,2,4,8; 1,2 with "
+                  "--quick); empty skips it")
+flags.DEFINE_integer("diffusion_updates", 20, "denoiser updates per timed training call")
 flags.DEFINE_string("out", None, "JSON path")
 FLAGS = flags.FLAGS
+
+
+_COMPILES = [0]
+
+
+def _count_compiles(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES[0] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compiles)
 
 
 def timed(fn, *args, repeats=3):
@@ -53,9 +76,34 @@ def flops_of(compiled):
         return float("nan")
 
 
+def denoiser_flops(cfg, prog, state):
+    """(FLOPs of one denoiser forward at batch agent_batch, FLOPs of one x0-loss gradient at
+    batch diffusion_batch), from XLA's cost analysis of the unscanned computations."""
+    den = make_modules(cfg, prog.act_dim).denoiser
+    params = jax.tree.map(lambda x: x[0], state.denoiser)
+    d = prog.obs_dim + 2
+    sched = diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau)
+
+    def forward(p, x, a, t):
+        return den.apply(p, x, a, t)
+
+    def grad(p, x0, a, key):
+        return jax.grad(lambda q: diffusion.x0_loss(lambda x, aa, t: den.apply(q, x, aa, t), sched, x0, a,
+                                                      key, prog.obs_dim))(p)
+
+    b, bt, h = cfg.agent_batch, cfg.diffusion_batch, cfg.horizon
+    f = flops_of(jax.jit(forward).lower(params, jnp.zeros((b, h, d)), jnp.zeros((b, h, prog.act_dim)),
+                                        jnp.zeros((b,), jnp.int32)).compile())
+    g = flops_of(jax.jit(grad).lower(params, jnp.zeros((bt, h, d)), jnp.zeros((bt, h, prog.act_dim)),
+                                     jax.random.PRNGKey(0)).compile())
+    return f, g
+
+
 def matmul_peak(dtype, n):
+    """FLOP/s of an n x n matmul with `dtype` operands and float32 accumulation (the way the
+    denoiser multiplies, see agdjax.networks.dot_accumulate_f32)."""
     a = jnp.ones((n, n), dtype)
-    _, t, _ = timed(lambda x: x @ x, a, repeats=5)
+    _, t, _ = timed(lambda x: jax.lax.dot(x, x, preferred_element_type=jnp.float32), a, repeats=5)
     return 2 * n**3 / t
 
 
@@ -87,7 +135,7 @@ def main(_):
     # 1. raw env steps/s vs our collection phase
     n_steps = 50 if quick else 200
     res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), n_steps)
-    prog, init, _ = loop.compile_program(base, 1)
+    prog, init, _ = loop.compile_program(base, 1, jax.devices()[:1])
     state = jax.block_until_ready(init(loop.seed_keys([0])))
     keys = jax.random.split(jax.random.PRNGKey(1), 1)
     c, t, _ = timed(jax.vmap(prog.phases["collect"]), state, keys)
@@ -97,7 +145,9 @@ def main(_):
                          "ratio_to_raw": collect_sps / raw_same}
 
     # 2. guided imagination per guide
-    res["imagination"] = {}
+    fwd_flops, grad_flops = denoiser_flops(base, prog, state)
+    res["imagination"] = {"batch": base.agent_batch, "horizon": base.horizon,
+                          "n_diffusion_steps": base.n_diffusion_steps}
     for guide in GUIDES:
         cfg = dataclasses.replace(base, guide=guide)
         p = loop.make_train(cfg)
@@ -105,51 +155,62 @@ def main(_):
         c, t, comp = timed(fn, state, keys)
         res["imagination"][guide] = {
             "transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
-            "flops_per_call": flops_of(comp)}
+            "denoiser_flops_per_call": fwd_flops * cfg.n_diffusion_steps}
     t_none = res["imagination"]["none"]["s_per_call"]
     for guide in GUIDES:
         res["imagination"][guide]["cost_vs_none"] = res["imagination"][guide]["s_per_call"] / t_none
 
-    # 3. denoiser training windows/s
-    c, t, comp = timed(jax.vmap(prog.phases["diffusion"]), state, keys)
+    # 3. denoiser training windows/s (a call of --diffusion_updates updates)
+    n_upd = FLAGS.diffusion_updates
+    cfg_d = dataclasses.replace(base, diffusion_steps_per_env_step=n_upd / base.env_steps_per_iter)
+    p = loop.make_train(cfg_d)
+    c, t, comp = timed(jax.vmap(p.phases["diffusion"]), state, keys)
     res["denoiser_training"] = {
-        "windows_per_s": base.diffusion_updates_per_iter * base.diffusion_batch / t, "compile_s": c,
-        "flops_per_s": flops_of(comp) / t}
+        "windows_per_s": n_upd * base.diffusion_batch / t, "compile_s": c, "batch": base.diffusion_batch,
+        "updates_per_call": n_upd, "flops_per_s": grad_flops * n_upd / t}
 
     # 4. matmul peak and achieved FLOP/s
     n = 1024 if quick else 4096
     peak32 = matmul_peak(jnp.float32, n)
     peak16 = matmul_peak(jnp.bfloat16, n)
-    res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n}
+    res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n,
+                                      "note": "bfloat16: bf16 operands, f32 accumulation"}
     peak = peak16 if FLAGS.denoiser_dtype == "bfloat16" else peak32
     sag = res["imagination"]["sag"]
-    sag["flops_per_s"] = sag["flops_per_call"] / sag["s_per_call"]
+    sag["flops_per_s"] = sag["denoiser_flops_per_call"] / sag["s_per_call"]
     res["denoiser_training"]["fraction_of_peak"] = res["denoiser_training"]["flops_per_s"] / peak
     sag["fraction_of_peak"] = sag["flops_per_s"] / peak
 
-    # 5. end-to-end seed scaling (one chunk of one iteration, after compile)
+    # 5. end-to-end seed scaling: one chunk (iters_per_chunk iterations with agent updates),
+    # compiled once per seed count, timed on its second call (the same executable: no recompile)
     res["seeds"] = {}
-    cfg1 = dataclasses.replace(base, iters_per_chunk=1)
-    first = cfg1.agent_start_env_steps // cfg1.env_steps_per_iter + 1  # an iteration with agent updates
-    for n_seeds in (1, 2, 4, 8):
-        _, init_n, chunk_n = loop.compile_program(cfg1, n_seeds)
-        st = jax.block_until_ready(init_n(loop.seed_keys(list(range(n_seeds)))))
+    counts = [int(n) for n in (FLAGS.seeds if FLAGS.seeds is not None else (["1", "2"] if quick else ["1", "2", "4", "8"]))]
+    L = base.iters_per_chunk
+    first = base.agent_start_env_steps // base.env_steps_per_iter + 1  # an iteration with agent updates
+    first = min(first, max(0, base.n_iters - 2 * L))
+    for n_seeds in counts:
+        _, init_n, chunk_n = loop.compile_program(base, n_seeds)
+        sharding = loop.seed_sharding(n_seeds)
+        st = jax.block_until_ready(init_n(loop.seed_keys(list(range(n_seeds)), sharding)))
         t0 = time.perf_counter()
         comp = chunk_n.lower(st, jnp.int32(first)).compile()
         c = time.perf_counter() - t0
+        compiles = _COMPILES[0]
         st, _ = comp(st, jnp.int32(first))  # warm-up (donates st)
         jax.block_until_ready(st)
         t0 = time.perf_counter()
-        st, m = comp(st, jnp.int32(first))
+        st, m = comp(st, jnp.int32(first + L))
         jax.block_until_ready(m)
-        t = time.perf_counter() - t0
+        t = (time.perf_counter() - t0) / L
+        recompiles = _COMPILES[0] - compiles
         res["seeds"][str(n_seeds)] = {
-            "env_steps_per_s": n_seeds * cfg1.env_steps_per_iter / t,
-            "imagined_transitions_per_s": n_seeds * cfg1.agent_updates_per_iter * cfg1.agent_batch * cfg1.horizon / t,
-            "s_per_iteration": t, "compile_s": c}
-    t1 = res["seeds"]["1"]["s_per_iteration"]
-    for k, v in res["seeds"].items():
-        v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
+            "env_steps_per_s": n_seeds * base.env_steps_per_iter / t,
+            "imagined_transitions_per_s": n_seeds * base.agent_updates_per_iter * base.agent_batch * base.horizon / t,
+            "s_per_iteration": t, "compile_s": c, "compiles_after_first_chunk": recompiles}
+    if "1" in res["seeds"]:
+        t1 = res["seeds"]["1"]["s_per_iteration"]
+        for k, v in res["seeds"].items():
+            v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
 
     out = FLAGS.out or os.path.join("benchmarks", "results", f"throughput_{res['platform']}_{preset}.json")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
@@ -168,7 +229,8 @@ def markdown(res):
     c = res["collection"]
     lines.append(f"| collection steps/s, n_envs={c['n_envs']} (ratio to raw) | {c['steps_per_s']:.0f} "
                  f"({c['ratio_to_raw']:.2f}) | {c['compile_s']:.1f} |")
-    for g, v in res["imagination"].items():
+    for g in GUIDES:
+        v = res["imagination"][g]
         lines.append(f"| imagined transitions/s, guide={g} (cost vs none) | {v['transitions_per_s']:.0f} "
                      f"({v['cost_vs_none']:.2f}) | {v['compile_s']:.1f} |")
     d = res["denoiser_training"]
@@ -180,7 +242,7 @@ def markdown(res):
     for n, v in res["seeds"].items():
         lines.append(f"| {n} seeds: env steps/s, imagined transitions/s, scaling eff. | "
                      f"{v['env_steps_per_s']:.0f}, {v['imagined_transitions_per_s']:.0f}, "
-                     f"{v['scaling_efficiency']:.2f} | {v['compile_s']:.1f} |")
+                     f"{v.get('scaling_efficiency', float('nan')):.2f} | {v['compile_s']:.1f} |")
     return "\n".join(lines)
 
 

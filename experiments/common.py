@@ -38,9 +38,14 @@ flags.DEFINE_integer("checkpoint_every", None,
 flags.DEFINE_bool("resume", False, "continue the run in --logdir from its newest valid checkpoint, "
                                    "to --total_env_steps")
 flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser: float32 or bfloat16 "
+                    "(fp32 weights, accumulation and loss; default: the preset's, float32)")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "
+                  "host, seeds sharded over every host's devices (coordinator from the environment)")
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
-_CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps")
+_CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps",
+                 "denoiser_dtype")
 
 
 def fail(msg: str):
@@ -192,6 +197,12 @@ def main_for(task: str | None):
                 fail("--resume needs --logdir=<the run directory to continue>")
             saved = _saved_run(FLAGS.logdir)
 
+        if FLAGS.distributed:
+            import jax
+            try:
+                jax.distributed.initialize()
+            except (RuntimeError, ValueError) as e:
+                fail(f"--distributed: jax.distributed.initialize() failed ({e})")
         platform = _backend()
         import jax
         if saved is not None:
@@ -201,9 +212,9 @@ def main_for(task: str | None):
             seeds = list(saved[1])
         else:
             seeds = list(range(FLAGS.seed, FLAGS.seed + FLAGS.num_seeds))
-        n_dev = jax.local_device_count()
+        n_dev = jax.device_count()  # every host's, with --distributed
         if len(seeds) % n_dev:
-            fail(f"--num_seeds={len(seeds)} cannot be split evenly over the {n_dev} local devices; "
+            fail(f"--num_seeds={len(seeds)} cannot be split evenly over the {n_dev} devices; "
                  f"use a multiple of {n_dev}")
         checkpoint_every = FLAGS.checkpoint_every or cfg.eval_every
 

@@ -88,7 +88,7 @@ def test_bad_value(fake_run, flags, needles):
 def test_seeds_not_divisible_by_devices(tmp_path):
     p = run_cli(SMOKE + ["--num_seeds=3", f"--logdir={tmp_path / 'new'}"],
                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-    check_fails(p, "--num_seeds=3", "2 local devices", "multiple of 2")
+    check_fails(p, "--num_seeds=3", "over the 2 devices", "multiple of 2")
     assert not (tmp_path / "new").exists()
 
 

@@ -69,3 +69,26 @@ def test_x0_loss_ignores_s0_and_is_zero_for_perfect_denoiser():
     # wrong by 1 everywhere else: loss 1
     off = lambda xt, a, t: x0 + 1.0
     np.testing.assert_allclose(float(diffusion.x0_loss(off, s, x0, acts, jax.random.PRNGKey(1), obs_dim)), 1.0, rtol=1e-5)
+
+
+def test_bfloat16_denoiser_keeps_fp32_params_output_and_gradients():
+    """The bf16 option changes only the matmul operands: params, output and gradients stay
+    float32, the prediction agrees with the fp32 network to bf16 rounding, and the HLO's dots
+    take bf16 operands with an f32 result."""
+    from agdjax.networks import ResidualMLPDenoiser
+    x_t = jax.random.normal(jax.random.PRNGKey(0), (8, 4, 7))
+    acts = jax.random.normal(jax.random.PRNGKey(1), (8, 4, 2))
+    t = jnp.arange(8)
+    f32, bf16 = ResidualMLPDenoiser(64, 2), ResidualMLPDenoiser(64, 2, dtype=jnp.bfloat16)
+    params = f32.init(jax.random.PRNGKey(2), x_t, acts, t)
+    assert jax.tree.structure(params) == jax.tree.structure(bf16.init(jax.random.PRNGKey(2), x_t, acts, t))
+    y32, y16 = f32.apply(params, x_t, acts, t), bf16.apply(params, x_t, acts, t)
+    assert y16.dtype == jnp.float32
+    err = float(jnp.linalg.norm(y16 - y32) / jnp.linalg.norm(y32))
+    assert 0 < err < 0.03, err  # bf16 has 8 mantissa bits: ~0.4% per operand
+    grads = jax.grad(lambda p: jnp.mean(bf16.apply(p, x_t, acts, t) ** 2))(params)
+    assert all(g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+    hlo = jax.jit(bf16.apply).lower(params, x_t, acts, t).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line]
+    assert dots and all("bf16" in line and "-> tensor<8x" in line and "xf32>" in line.split("->")[-1]
+                        for line in dots), dots[:3]
