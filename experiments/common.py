@@ -41,7 +41,13 @@ flags.DEFINE_bool("progress", True, "show a progress bar")
 flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser: float32 or bfloat16 "
                     "(fp32 weights, accumulation and loss; default: the preset's, float32)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "
-                  "host, seeds sharded over every host's devices (coordinator from the environment)")
+                  "host, seeds sharded over every host's devices")
+flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 (default: "
+                    "from the cluster environment or JAX_COORDINATOR_ADDRESS)")
+flags.DEFINE_integer("num_processes", None, "with --distributed: number of processes (default: from the "
+                     "cluster environment)")
+flags.DEFINE_integer("process_id", None, "with --distributed: this process's index (default: from the "
+                     "cluster environment)")
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps",
@@ -200,11 +206,17 @@ def main_for(task: str | None):
         if FLAGS.distributed:
             import jax
             try:
-                jax.distributed.initialize()
+                jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
             except (RuntimeError, ValueError) as e:
                 fail(f"--distributed: jax.distributed.initialize() failed ({e})")
+        elif any(_given(n) for n in ("coordinator_address", "num_processes", "process_id")):
+            fail("--coordinator_address, --num_processes and --process_id need --distributed")
         platform = _backend()
         import jax
+        if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):  # reuse compiled programs across runs
+            jax.config.update("jax_compilation_cache_dir", os.environ.get(
+                "AGDJAX_JAX_CACHE", os.path.expanduser("~/.cache/agdjax-jax")))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
         if saved is not None:
             check_resume_flags(saved, platform, FLAGS.logdir)
         cfg = build_config(chosen, platform, saved)

@@ -43,7 +43,7 @@ def run_cli(args, env_extra=None, module="experiments.halfcheetah"):
     env = dict(os.environ, JAX_LOG_COMPILES="1", JAX_PLATFORMS="cpu")
     env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=600)
 
 
 def check_fails(p, *needles):
@@ -73,8 +73,10 @@ BAD_VALUES = [
     (["--checkpoint_every=0"], ["--checkpoint_every=0", "positive"]),
     (["--checkpoint_every=-5"], ["--checkpoint_every=-5", "positive"]),
     (["--guide_scale=-1"], ["--guide_scale=-1", ">= 0"]),
+    (["--denoiser_dtype=float16"], ["--denoiser_dtype='float16'", "float32, bfloat16"]),
     (["--num_seeds=abc"], ["--num_seeds=abc"]),
     (["--bogus_flag=1"], ["bogus_flag"]),
+    (["--num_processes=2"], ["--num_processes", "need --distributed"]),
 ]
 
 
@@ -90,6 +92,21 @@ def test_seeds_not_divisible_by_devices(tmp_path):
                 env_extra={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
     check_fails(p, "--num_seeds=3", "over the 2 devices", "multiple of 2")
     assert not (tmp_path / "new").exists()
+
+
+def test_distributed_single_process(tmp_path):
+    """--distributed runs jax.distributed.initialize() (here: a coordinator on localhost, one
+    process) and then the run as usual."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        port = sock.getsockname()[1]
+    p = run_cli(SMOKE + ["--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=1",
+                         "--process_id=0", "--progress=false", f"--logdir={tmp_path / 'run'}"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "done: final eval return" in p.stdout
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert rows[-1]["env_steps"] == 64 and "eval_return" in rows[-1]
 
 
 def test_unwritable_logdir(tmp_path):
