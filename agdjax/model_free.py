@@ -85,13 +85,21 @@ def make_model_free_train(cfg: Config) -> Program:
         state, ro, _ = rollout(state, key)
         return state, ro
 
+    def batch_phase(state: ModelFreeState, ro: Rollout):
+        """GAE and the behaviour policy's outputs: Rollout -> flat onpolicy.Batch."""
+        return onpolicy.from_rollout(cfg, nets, state.agent.actor, state.agent.critic, ro)
+
+    def update_phase(state: ModelFreeState, ro: Rollout):
+        """One learner update on a Rollout (batch_phase, then the SGD epochs) -> (state, metrics)."""
+        agent, m = learner.update_batch(cfg, nets, state.agent, batch_phase(state, ro))
+        return state.replace(agent=agent), m
+
     def train_step(carry, key):
         """One rollout and one learner update."""
         state, ret_sum, n_done = carry
         state, ro, (r, n) = rollout(state, key)
-        batch = onpolicy.from_rollout(cfg, nets, state.agent.actor, state.agent.critic, ro)
-        agent, m = learner.update_batch(cfg, nets, state.agent, batch)
-        return (state.replace(agent=agent), ret_sum + r, n_done + n), m
+        state, m = update_phase(state, ro)
+        return (state, ret_sum + r, n_done + n), m
 
     def train_iteration(state: ModelFreeState, key):
         init_c = (state, jnp.zeros(()), jnp.zeros((), jnp.int32))
@@ -121,6 +129,8 @@ def make_model_free_train(cfg: Config) -> Program:
         iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
         return jax.lax.scan(iteration, state, iters)
 
-    # "train" is a whole training iteration (rollouts + updates); update time = train - collect.
-    phases = {"collect": collect_phase, "train": train_iteration, "eval": eval_phase}
+    # "train" is a whole training iteration (steps_per_iter // rollout_length rollouts and
+    # updates); "collect" one rollout, "update" one update on it, "batch" that update's GAE part.
+    phases = {"collect": collect_phase, "batch": batch_phase, "update": update_phase,
+              "train": train_iteration, "eval": eval_phase}
     return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
