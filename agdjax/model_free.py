@@ -25,7 +25,7 @@ from agdjax.agents import a2c, onpolicy, ppo, trpo
 from agdjax.agents.onpolicy import Rollout
 from agdjax.config import Config, ConfigError
 from agdjax.networks import Actor, Critic, policy_dist
-from agdjax.train import Program
+from agdjax.train import Program, make_run_chunk
 
 LEARNERS = {"ppo": ppo, "trpo": trpo}
 
@@ -49,7 +49,6 @@ def make_model_free_train(cfg: Config) -> Program:
     obs_dim, act_dim = env.observation_size, env.action_size
     actor, critic = Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std), Critic(cfg.hidden)
     nets = a2c.Nets(actor.apply, critic.apply)
-    E = cfg.env_steps_per_iter
     T = cfg.rollout_length
     updates_per_iter = cfg.steps_per_iter // T
     env_step = jax.vmap(functools.partial(envs.step, env, episode_length=cfg.episode_length))
@@ -101,7 +100,10 @@ def make_model_free_train(cfg: Config) -> Program:
         state, m = update_phase(state, ro)
         return (state, ret_sum + r, n_done + n), m
 
-    def train_iteration(state: ModelFreeState, key):
+    def train_iteration(state: ModelFreeState, before):
+        del before  # the model-free schedule has no warm-up
+        key, k_next = jax.random.split(state.key)
+        state = state.replace(key=k_next)
         init_c = (state, jnp.zeros(()), jnp.zeros((), jnp.int32))
         (state, ret_sum, n_done), m = jax.lax.scan(train_step, init_c, jax.random.split(key, updates_per_iter))
         last = jnp.where(n_done > 0, ret_sum / jnp.maximum(n_done, 1), state.last_return)
@@ -112,22 +114,7 @@ def make_model_free_train(cfg: Config) -> Program:
         policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
         return envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length)
 
-    # ------------------------------------------------------------------ one iteration
-    def iteration(state: ModelFreeState, i):
-        before = i * E
-        do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
-        eval_key, k_train, key = jax.random.split(state.key, 3)
-        state = state.replace(key=key)
-        eval_return = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: jnp.float32(jnp.nan))
-        shapes = jax.eval_shape(train_iteration, state, k_train)[1]
-        nan_metrics = lambda s, k: (s, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes))
-        state, m = jax.lax.cond(i < cfg.n_iters, train_iteration, nan_metrics, state, k_train)
-        return state, dict(m, eval_return=eval_return)
-
-    def run_chunk(state: ModelFreeState, first_iter):
-        """`first_iter` is an int32 scalar, not vmapped."""
-        iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
-        return jax.lax.scan(iteration, state, iters)
+    run_chunk = make_run_chunk(cfg, eval_phase, train_iteration)
 
     # "train" is a whole training iteration (steps_per_iter // rollout_length rollouts and
     # updates); "collect" one rollout, "update" one update on it, "batch" that update's GAE part.

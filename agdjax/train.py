@@ -73,6 +73,37 @@ def make_modules(cfg: Config, act_dim: int) -> Modules:
     )
 
 
+def make_run_chunk(cfg: Config, eval_phase, train_iteration):
+    """The schedule every program shares (DESIGN §2): iteration i evaluates if
+    (i < n_iters and i*E % eval_every == 0) or i == n_iters, then trains if i < n_iters
+    (metrics NaN otherwise); E = cfg.env_steps_per_iter.
+
+    eval_phase(state, key) -> float32 eval return; train_iteration(state, before) -> (state,
+    {name: float32}), `before` the env steps done before the iteration; state.key is split
+    for the evaluation. Returns run_chunk(state, first_iter) -> (state, {name: [L]}): a
+    `lax.scan` over L = cfg.iters_per_chunk iterations; `first_iter` is an int32 scalar, not
+    vmapped, so the schedule's conds stay real branches under vmap.
+    """
+    E = cfg.env_steps_per_iter
+
+    def iteration(state, i):
+        before = i * E
+        do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
+        eval_key, key = jax.random.split(state.key)
+        state = state.replace(key=key)
+        eval_return = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: jnp.float32(jnp.nan))
+        shapes = jax.eval_shape(train_iteration, state, before)[1]
+        skip = lambda s, b: (s, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes))
+        state, m = jax.lax.cond(i < cfg.n_iters, train_iteration, skip, state, before)
+        return state, dict(m, eval_return=eval_return)
+
+    def run_chunk(state, first_iter):
+        iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
+        return jax.lax.scan(iteration, state, iters)
+
+    return run_chunk
+
+
 def make_train(cfg: Config) -> Program:
     env = envs.make_env(cfg.task, cfg.backend)
     obs_dim, act_dim = env.observation_size, env.action_size
@@ -81,7 +112,6 @@ def make_train(cfg: Config) -> Program:
     denoiser_tx = optax.adam(cfg.diffusion_lr)
     reward_tx = optax.adam(cfg.diffusion_lr)
     nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
-    E = cfg.env_steps_per_iter
     env_step = jax.vmap(functools.partial(envs.step, env, episode_length=cfg.episode_length))
 
     # ------------------------------------------------------------------ init + prefill
@@ -231,22 +261,7 @@ def make_train(cfg: Config) -> Program:
             m.update(am)
         return state, m
 
-    def iteration(state: TrainState, i):
-        before = i * E
-        do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
-        eval_key, key = jax.random.split(state.key)
-        state = state.replace(key=key)
-        eval_return = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: jnp.float32(jnp.nan))
-        state, m = jax.lax.cond(i < cfg.n_iters, train_iteration,
-                                lambda s, b: (s, nan_metrics()), state, before)
-        m = dict(m, eval_return=eval_return)
-        return state, m
-
-    def run_chunk(state: TrainState, first_iter):
-        """`first_iter` is an int32 scalar, not vmapped."""
-        iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
-        return jax.lax.scan(iteration, state, iters)
-
+    run_chunk = make_run_chunk(cfg, eval_phase, train_iteration)
     phases = {"collect": collect_phase, "diffusion": diffusion_phase, "agent": agent_phase,
               "eval": eval_phase, "imagine": imagine}
     return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)

@@ -220,7 +220,7 @@ def brax_pieces(cfg):
     name -> (function, args)."""
     import optax
     from brax import envs
-    from brax.training import acting, gradients, types
+    from brax.training import acting, gradients
     from brax.training.acme import running_statistics, specs
     from brax.training.agents.ppo import losses as ppo_losses
     from brax.training.agents.ppo import networks as ppo_networks
@@ -299,7 +299,8 @@ def agdjax_pieces(cfg, vmapped: bool):
               "batch": (ph["batch"], (state, ro)),
               "update": (ph["update"], (state, ro))}
     if cfg.steps_per_iter == cfg.rollout_length:  # one rollout and one update per iteration
-        pieces["train_step"] = (ph["train"], (state, keys))
+        before = jnp.zeros((1,) if vmapped else (), jnp.int32)  # env steps done (unused by the schedule)
+        pieces["train_step"] = (ph["train"], (state, before))
     return pieces
 
 

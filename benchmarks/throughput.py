@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from agdjax import diffusion, envs, loop, normalize
+from agdjax import diffusion, envs, loop
 from agdjax.config import GUIDES, make_config
 from agdjax.train import make_modules
 
