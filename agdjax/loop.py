@@ -64,7 +64,8 @@ def compile_program(cfg: Config, n_seeds: int, devices=None):
     """Returns (program, jitted vmapped init, jitted vmapped run_chunk).
 
     init: keys [n_seeds, 2] -> TrainState [n_seeds, ...]; run_chunk: (state, first iteration)
-    -> (state, metrics {name: [n_seeds, iters_per_chunk]}), state donated. On several devices
+    -> (state, metrics {name: [n_seeds, iters_per_chunk]}), state donated. One seed runs the
+    per-seed program without vmap (same shapes outside). On several devices
     (see `seed_sharding`) both are `shard_map`s over the `seeds` mesh axis: each device runs
     the vmapped program on its own seeds, with no communication between devices.
     """
@@ -73,8 +74,15 @@ def compile_program(cfg: Config, n_seeds: int, devices=None):
         prog = make_model_free_train(cfg)
     else:
         prog = make_train(cfg)
-    init, run_chunk = jax.vmap(prog.init), jax.vmap(prog.run_chunk, in_axes=(0, None))
     sharding = seed_sharding(n_seeds, devices)
+    if n_seeds == 1 and sharding is None:
+        # One seed: the per-seed program itself, the seed axis added around it. vmap over an
+        # axis of size 1 is not free on XLA:CPU (PPO updates ~60% slower, docs/RESULTS.md).
+        lead = lambda tree: jax.tree.map(lambda x: x[None], tree)
+        init = lambda keys: lead(prog.init(keys[0]))
+        run_chunk = lambda state, i: lead(prog.run_chunk(jax.tree.map(lambda x: x[0], state), i))
+    else:
+        init, run_chunk = jax.vmap(prog.init), jax.vmap(prog.run_chunk, in_axes=(0, None))
     if sharding is not None:
         P = jax.sharding.PartitionSpec
         init = jax.shard_map(init, mesh=sharding.mesh, in_specs=P("seeds"), out_specs=P("seeds"),

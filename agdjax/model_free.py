@@ -51,7 +51,7 @@ def make_model_free_train(cfg: Config) -> Program:
     nets = a2c.Nets(actor.apply, critic.apply)
     T = cfg.rollout_length
     updates_per_iter = cfg.steps_per_iter // T
-    env_step = jax.vmap(functools.partial(envs.step, env, episode_length=cfg.episode_length))
+    env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length)
 
     def init(key) -> ModelFreeState:
         k_env, k_a, k_c, k_agent, key = jax.random.split(key, 5)

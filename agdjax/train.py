@@ -112,7 +112,7 @@ def make_train(cfg: Config) -> Program:
     denoiser_tx = optax.adam(cfg.diffusion_lr)
     reward_tx = optax.adam(cfg.diffusion_lr)
     nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
-    env_step = jax.vmap(functools.partial(envs.step, env, episode_length=cfg.episode_length))
+    env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length)
 
     # ------------------------------------------------------------------ init + prefill
     def init(key) -> TrainState:

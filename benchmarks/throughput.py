@@ -37,6 +37,8 @@ flags.DEFINE_string("preset", None, "preset (default: cpu; smoke with --quick)")
 flags.DEFINE_string("denoiser_dtype", "float32", "float32 or bfloat16")
 flags.DEFINE_list("seeds", None, "seed counts of the end-to-end section (default 1,2,4,8; 1,2 with "
                   "--quick); empty skips it")
+flags.DEFINE_list("only", None, "measure only these sections: raw_env, collection, imagination, "
+                  "denoiser_training, seeds (default: all)")
 flags.DEFINE_integer("diffusion_updates", 20, "denoiser updates per timed training call")
 flags.DEFINE_string("out", None, "JSON path")
 FLAGS = flags.FLAGS
@@ -108,16 +110,20 @@ def matmul_peak(dtype, n):
 
 
 def raw_env(cfg, n_envs_list, n_steps):
+    """Brax's own vmapped `env.step` in a `lax.scan`, uniform random actions in [-1, 1] (the
+    physics solver's work depends on the actions: zero actions are cheaper than a policy's)."""
     env = envs.make_env(cfg.task, cfg.backend)
     out = {}
     for n in n_envs_list:
         state = jax.vmap(env.reset)(jax.random.split(jax.random.PRNGKey(0), n))
-        action = jnp.zeros((n, env.action_size))
 
-        def rollout(s):
-            return jax.lax.scan(lambda c, _: (jax.vmap(env.step)(c, action), None), s, None, length=n_steps)[0]
+        def rollout(s, key, n=n):
+            def body(c, k):
+                a = jax.random.uniform(k, (n, env.action_size), minval=-1.0, maxval=1.0)
+                return jax.vmap(env.step)(c, a), None
+            return jax.lax.scan(body, s, jax.random.split(key, n_steps))[0]
 
-        c, t, _ = timed(rollout, state)
+        c, t, _ = timed(rollout, state, jax.random.PRNGKey(1))
         out[str(n)] = {"steps_per_s": n * n_steps / t, "compile_s": c}
     return out
 
@@ -132,59 +138,79 @@ def main(_):
            "denoiser_dtype": FLAGS.denoiser_dtype, "quick": quick,
            "date": time.strftime("%Y-%m-%d")}
 
+    sections = ("raw_env", "collection", "imagination", "denoiser_training", "seeds")
+    only = FLAGS.only or sections
+    bad = [x for x in only if x not in sections]
+    if bad:
+        raise app.UsageError(f"--only={','.join(bad)} is not a section; choose from {', '.join(sections)}")
+
     # 1. raw env steps/s vs our collection phase
     n_steps = 50 if quick else 200
-    res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), n_steps)
+    if "raw_env" in only or "collection" in only:
+        res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), n_steps)
     prog, init, _ = loop.compile_program(base, 1, jax.devices()[:1])
     state = jax.block_until_ready(init(loop.seed_keys([0])))
     keys = jax.random.split(jax.random.PRNGKey(1), 1)
-    c, t, _ = timed(jax.vmap(prog.phases["collect"]), state, keys)
-    collect_sps = base.env_steps_per_iter / t
-    raw_same = res["raw_env"][str(base.n_envs)]["steps_per_s"]
-    res["collection"] = {"steps_per_s": collect_sps, "compile_s": c, "n_envs": base.n_envs,
-                         "ratio_to_raw": collect_sps / raw_same}
+    if "collection" in only:
+        # one seed as the CLI runs it (no seed vmap: resets computed only when an episode ends),
+        # and under a seed vmap (what each of several seeds gets: resets computed every step)
+        state0, key0 = jax.tree.map(lambda x: x[0], state), keys[0]
+        c, t, _ = timed(prog.phases["collect"], state0, key0)
+        c_v, t_v, _ = timed(jax.vmap(prog.phases["collect"]), state, keys)
+        raw_same = res["raw_env"][str(base.n_envs)]["steps_per_s"]
+        collect_sps = base.env_steps_per_iter / t
+        res["collection"] = {"steps_per_s": collect_sps, "compile_s": c, "n_envs": base.n_envs,
+                             "ratio_to_raw": collect_sps / raw_same,
+                             "steps_per_s_seed_vmap": base.env_steps_per_iter / t_v,
+                             "ratio_to_raw_seed_vmap": base.env_steps_per_iter / t_v / raw_same}
 
     # 2. guided imagination per guide
     fwd_flops, grad_flops = denoiser_flops(base, prog, state)
-    res["imagination"] = {"batch": base.agent_batch, "horizon": base.horizon,
-                          "n_diffusion_steps": base.n_diffusion_steps}
-    for guide in GUIDES:
-        cfg = dataclasses.replace(base, guide=guide)
-        p = loop.make_train(cfg)
-        fn = jax.vmap(p.phases["imagine"])
-        c, t, comp = timed(fn, state, keys)
-        res["imagination"][guide] = {
-            "transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
-            "denoiser_flops_per_call": fwd_flops * cfg.n_diffusion_steps}
-    t_none = res["imagination"]["none"]["s_per_call"]
-    for guide in GUIDES:
-        res["imagination"][guide]["cost_vs_none"] = res["imagination"][guide]["s_per_call"] / t_none
+    if "imagination" in only:
+        res["imagination"] = {"batch": base.agent_batch, "horizon": base.horizon,
+                              "n_diffusion_steps": base.n_diffusion_steps}
+        for guide in GUIDES:
+            cfg = dataclasses.replace(base, guide=guide)
+            p = loop.make_train(cfg)
+            fn = jax.vmap(p.phases["imagine"])
+            c, t, comp = timed(fn, state, keys)
+            res["imagination"][guide] = {
+                "transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
+                "denoiser_flops_per_call": fwd_flops * cfg.n_diffusion_steps}
+        t_none = res["imagination"]["none"]["s_per_call"]
+        for guide in GUIDES:
+            res["imagination"][guide]["cost_vs_none"] = res["imagination"][guide]["s_per_call"] / t_none
 
     # 3. denoiser training windows/s (a call of --diffusion_updates updates)
-    n_upd = FLAGS.diffusion_updates
-    cfg_d = dataclasses.replace(base, diffusion_steps_per_env_step=n_upd / base.env_steps_per_iter)
-    p = loop.make_train(cfg_d)
-    c, t, comp = timed(jax.vmap(p.phases["diffusion"]), state, keys)
-    res["denoiser_training"] = {
-        "windows_per_s": n_upd * base.diffusion_batch / t, "compile_s": c, "batch": base.diffusion_batch,
-        "updates_per_call": n_upd, "flops_per_s": grad_flops * n_upd / t}
+    if "denoiser_training" in only:
+        n_upd = FLAGS.diffusion_updates
+        cfg_d = dataclasses.replace(base, diffusion_steps_per_env_step=n_upd / base.env_steps_per_iter)
+        p = loop.make_train(cfg_d)
+        c, t, comp = timed(jax.vmap(p.phases["diffusion"]), state, keys)
+        res["denoiser_training"] = {
+            "windows_per_s": n_upd * base.diffusion_batch / t, "compile_s": c, "batch": base.diffusion_batch,
+            "updates_per_call": n_upd, "flops_per_s": grad_flops * n_upd / t}
 
     # 4. matmul peak and achieved FLOP/s
-    n = 1024 if quick else 4096
-    peak32 = matmul_peak(jnp.float32, n)
-    peak16 = matmul_peak(jnp.bfloat16, n)
-    res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n,
-                                      "note": "bfloat16: bf16 operands, f32 accumulation"}
-    peak = peak16 if FLAGS.denoiser_dtype == "bfloat16" else peak32
-    sag = res["imagination"]["sag"]
-    sag["flops_per_s"] = sag["denoiser_flops_per_call"] / sag["s_per_call"]
-    res["denoiser_training"]["fraction_of_peak"] = res["denoiser_training"]["flops_per_s"] / peak
-    sag["fraction_of_peak"] = sag["flops_per_s"] / peak
+    if "imagination" in only or "denoiser_training" in only:
+        n = 1024 if quick else 4096
+        peak32 = matmul_peak(jnp.float32, n)
+        peak16 = matmul_peak(jnp.bfloat16, n)
+        res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n,
+                                          "note": "bfloat16: bf16 operands, f32 accumulation"}
+        peak = peak16 if FLAGS.denoiser_dtype == "bfloat16" else peak32
+        if "denoiser_training" in res:
+            res["denoiser_training"]["fraction_of_peak"] = res["denoiser_training"]["flops_per_s"] / peak
+        if "imagination" in res:
+            sag = res["imagination"]["sag"]
+            sag["flops_per_s"] = sag["denoiser_flops_per_call"] / sag["s_per_call"]
+            sag["fraction_of_peak"] = sag["flops_per_s"] / peak
 
     # 5. end-to-end seed scaling: one chunk (iters_per_chunk iterations with agent updates),
     # compiled once per seed count, timed on its second call (the same executable: no recompile)
     res["seeds"] = {}
     counts = [int(n) for n in (FLAGS.seeds if FLAGS.seeds is not None else (["1", "2"] if quick else ["1", "2", "4", "8"]))]
+    counts = counts if "seeds" in only else []
     L = base.iters_per_chunk
     first = base.agent_start_env_steps // base.env_steps_per_iter + 1  # an iteration with agent updates
     first = min(first, max(0, base.n_iters - 2 * L))
@@ -221,25 +247,35 @@ def main(_):
 
 
 def markdown(res):
+    """The JSON as a markdown table (the sections measured)."""
     lines = [f"device: {res['device']} ({res['platform']}), task {res['task']}, backend {res['backend']}, "
              f"preset {res['preset']}, denoiser {res['denoiser_dtype']}", "",
              "| measure | value | compile s |", "|---|---|---|"]
-    for n, v in res["raw_env"].items():
+    for n, v in res.get("raw_env", {}).items():
         lines.append(f"| raw env steps/s, n_envs={n} | {v['steps_per_s']:.0f} | {v['compile_s']:.1f} |")
-    c = res["collection"]
-    lines.append(f"| collection steps/s, n_envs={c['n_envs']} (ratio to raw) | {c['steps_per_s']:.0f} "
-                 f"({c['ratio_to_raw']:.2f}) | {c['compile_s']:.1f} |")
-    for g in GUIDES:
-        v = res["imagination"][g]
-        lines.append(f"| imagined transitions/s, guide={g} (cost vs none) | {v['transitions_per_s']:.0f} "
-                     f"({v['cost_vs_none']:.2f}) | {v['compile_s']:.1f} |")
-    d = res["denoiser_training"]
-    lines.append(f"| denoiser training windows/s | {d['windows_per_s']:.0f} | {d['compile_s']:.1f} |")
-    pk = res["matmul_peak_flops_per_s"]
-    lines.append(f"| matmul peak GFLOP/s fp32 / bf16 (n={pk['n']}) | {pk['float32']/1e9:.0f} / {pk['bfloat16']/1e9:.0f} | |")
-    lines.append(f"| denoiser training: fraction of peak | {d['fraction_of_peak']:.3f} | |")
-    lines.append(f"| sag imagination: fraction of peak | {res['imagination']['sag']['fraction_of_peak']:.3f} | |")
-    for n, v in res["seeds"].items():
+    if "collection" in res:
+        c = res["collection"]
+        lines.append(f"| collection steps/s, n_envs={c['n_envs']}, one seed (ratio to raw) | {c['steps_per_s']:.0f} "
+                     f"({c['ratio_to_raw']:.2f}) | {c['compile_s']:.1f} |")
+        lines.append(f"| collection steps/s under a seed vmap (ratio to raw) | {c['steps_per_s_seed_vmap']:.0f} "
+                     f"({c['ratio_to_raw_seed_vmap']:.2f}) | |")
+    if "imagination" in res:
+        for g in GUIDES:
+            v = res["imagination"][g]
+            lines.append(f"| imagined transitions/s, guide={g} (cost vs none) | {v['transitions_per_s']:.0f} "
+                         f"({v['cost_vs_none']:.2f}) | {v['compile_s']:.1f} |")
+    if "denoiser_training" in res:
+        d = res["denoiser_training"]
+        lines.append(f"| denoiser training windows/s | {d['windows_per_s']:.0f} | {d['compile_s']:.1f} |")
+    if "matmul_peak_flops_per_s" in res:
+        pk = res["matmul_peak_flops_per_s"]
+        lines.append(f"| matmul peak GFLOP/s fp32 / bf16 (n={pk['n']}) | {pk['float32']/1e9:.0f} / "
+                     f"{pk['bfloat16']/1e9:.0f} | |")
+    if "denoiser_training" in res:
+        lines.append(f"| denoiser training: fraction of peak | {res['denoiser_training']['fraction_of_peak']:.3f} | |")
+    if "imagination" in res:
+        lines.append(f"| sag imagination: fraction of peak | {res['imagination']['sag']['fraction_of_peak']:.3f} | |")
+    for n, v in res.get("seeds", {}).items():
         lines.append(f"| {n} seeds: env steps/s, imagined transitions/s, scaling eff. | "
                      f"{v['env_steps_per_s']:.0f}, {v['imagined_transitions_per_s']:.0f}, "
                      f"{v.get('scaling_efficiency', float('nan')):.2f} | {v['compile_s']:.1f} |")

@@ -35,6 +35,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     c = r["collection"]
     assert positive(c["steps_per_s"]) and positive(c["compile_s"])
     assert math.isclose(c["ratio_to_raw"], c["steps_per_s"] / r["raw_env"][str(c["n_envs"])]["steps_per_s"])
+    assert positive(c["steps_per_s_seed_vmap"]) and positive(c["ratio_to_raw_seed_vmap"])
     # imagined transitions/s and cost relative to `none` for every guide
     for g in GUIDES:
         v = r["imagination"][g]
