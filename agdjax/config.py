@@ -15,6 +15,7 @@ BACKENDS = ("mjx", "spring", "positional", "generalized")
 GUIDES = ("none", "sag", "eag", "reward")
 AGENTS = ("a2c", "ppo", "trpo")
 PRESETS = ("auto", "paper", "cpu", "smoke")
+IMAGINATION = ("diffusion", "oracle")
 
 # Reference state-guidance scales c (AGD-MBRL): sag 4, eag 3; the reward guide has no
 # published value, 1.0 is ours.
@@ -37,6 +38,7 @@ class Config:
     model_free: bool = False
     guide_scale: Optional[float] = None  # state-guide scale c; None -> DEFAULT_GUIDE_SCALE
     preset: str = "paper"
+    imagination: str = "diffusion"  # diffusion | oracle (diagnostic: H-step rollouts in the real simulator)
 
     # --- environment and schedule (env steps count real transitions over all n_envs)
     n_envs: int = 10
@@ -67,6 +69,7 @@ class Config:
     clamp_value: float = 0.25
     reward_model_hidden: int = 256
     denoiser_dtype: str = "float32"  # matmul dtype of the denoiser: float32 or bfloat16 (fp32 weights/loss)
+    wm_error_batch: int = 64  # trajectories of the world-model error at each evaluation (0: off)
 
     # --- policy guidance (PolyGRAD) on actions
     delta_init: float = 0.005
@@ -168,6 +171,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("agent", cfg.agent, AGENTS)
     _check_choice("preset", cfg.preset, PRESETS[1:])
     _check_choice("denoiser_dtype", cfg.denoiser_dtype, ("float32", "bfloat16"))
+    _check_choice("imagination", cfg.imagination, IMAGINATION)
+    if cfg.wm_error_batch < 0:
+        raise ConfigError(f"--wm_error_batch={cfg.wm_error_batch} must be >= 0")
     for name in ("n_envs", "steps_per_iter", "episode_length", "total_env_steps", "eval_every",
                  "eval_episodes", "iters_per_chunk", "horizon", "n_diffusion_steps",
                  "denoiser_hidden", "denoiser_blocks", "diffusion_batch", "agent_batch", "tau"):

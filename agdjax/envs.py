@@ -127,3 +127,57 @@ def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: in
     init = (carry, jnp.zeros((n_episodes,)), jnp.ones((n_episodes,)))
     (_, ret, _), _ = jax.lax.scan(body, init, None, length=episode_length)
     return ret.mean()
+
+
+def physics_state(state) -> jax.Array:
+    """The simulator state of one environment as a flat float32 vector
+    [q (n_q), qd (n_qd), x.pos (n_body * 3)]: what `restore` needs to put the simulator back
+    exactly where a stored observation was taken. `x.pos` is kept because Brax's rewards use
+    the previous step's body positions, which after a physics step lag one substep behind
+    `q` (recomputing them from `q` would change the first reward). state: brax State of one
+    env. For HalfCheetah (MJX) that is 9 + 9 + 24 = 42 floats.
+    """
+    ps = state.pipeline_state
+    return jnp.concatenate([ps.q, ps.qd, ps.x.pos.reshape(-1)]).astype(jnp.float32)
+
+
+def restore(env, template, physics: jax.Array, obs: jax.Array):
+    """A Brax State of one env put back at a stored simulator state (see `physics_state`).
+
+    template: a (dtype-stable) State of the same env, e.g. one from `reset`; physics [n_phys];
+    obs [obs_dim], the observation stored with it. Reward and done are zero. Source: PolyGRAD
+    `utils/errors.compute_traj_errors` (reset the simulator to the start state, DESIGN §1
+    'World-model fidelity'); Brax `pipeline_init(q, qd)`.
+    """
+    ps = template.pipeline_state
+    n_q, n_qd = ps.q.shape[-1], ps.qd.shape[-1]
+    q, qd, x_pos = physics[:n_q], physics[n_q:n_q + n_qd], physics[n_q + n_qd:]
+    new = env.pipeline_init(q.astype(ps.q.dtype), qd.astype(ps.qd.dtype))
+    new = new.replace(x=new.x.replace(pos=x_pos.reshape(new.x.pos.shape).astype(new.x.pos.dtype)))
+    new = jax.tree.map(lambda a, t: jnp.asarray(a, t.dtype).reshape(t.shape), new, ps)
+    return template.replace(pipeline_state=new, obs=obs.astype(template.obs.dtype),
+                            reward=jnp.zeros_like(template.reward), done=jnp.zeros_like(template.done))
+
+
+def rollout(env, template, physics, obs, policy, xs):
+    """Rollouts in the simulator from stored simulator states, one step per leading entry of
+    `xs`.
+
+    physics [B, n_phys], obs [B, obs_dim] (raw); policy(x, obs [B, obs_dim]) -> actions
+    [B, act_dim] (raw; clipped to [-1, 1] before the simulator, as in `step`), with x the
+    step's entry of `xs` (a PRNG key for the current policy, or the actions [B, act_dim]
+    themselves for an open-loop replay). Returns (obs [B, n+1, obs_dim] starting with `obs`,
+    actions [B, n, act_dim] as the policy returned them, reward [B, n], terminal [B, n]),
+    n = len(xs). Episodes are not reset: a rollout that terminates keeps stepping (callers
+    mask after it).
+    """
+    state = jax.vmap(lambda p, o: restore(env, template, p, o))(physics, obs)
+
+    def body(s, x):
+        a = policy(x, s.obs)
+        nxt = jax.vmap(env.step)(s, jnp.clip(a, -1.0, 1.0))
+        return nxt, (nxt.obs, a, nxt.reward, nxt.done.astype(jnp.float32))
+
+    _, (o, a, r, d) = jax.lax.scan(body, state, xs)
+    sw = lambda x: jnp.swapaxes(x, 0, 1)
+    return jnp.concatenate([obs[:, None], sw(o)], 1), sw(a), sw(r), sw(d)

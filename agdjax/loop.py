@@ -30,7 +30,7 @@ import numpy as np
 from agdjax import checkpoint as ckpt_lib
 from agdjax import logging as runlog
 from agdjax.config import Config
-from agdjax.train import make_train
+from agdjax.train import EVAL_METRICS, make_train
 
 
 class NonFiniteError(RuntimeError):
@@ -232,7 +232,7 @@ def nonfinite_metric(cfg: Config, metrics: dict, first_iter: int, seeds):
             col = np.asarray(v)[:, j]
             bad = np.isinf(col) | (np.isnan(col) if k in expected else False)
             if bad.any():
-                step = i * E if k == "eval_return" else (i + 1) * E
+                step = i * E if k in EVAL_METRICS else (i + 1) * E
                 return k, step, [seeds[s] for s in np.flatnonzero(bad)]
     return None
 
@@ -401,12 +401,13 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                     row = {"seed": seed, "env_steps": i * E, "env_steps_per_s": sps}
                     if prev_train[s_idx] is not None:
                         row.update(prev_train[s_idx])
-                    ev = float(metrics["eval_return"][s_idx, j])
-                    if not math.isnan(ev):
-                        row["eval_return"] = ev
+                    for k in EVAL_METRICS:  # evaluation-phase metrics belong to the step evaluated
+                        ev = float(metrics[k][s_idx, j]) if k in metrics else float("nan")
+                        if not math.isnan(ev):
+                            row[k] = ev
                     new_rows.append(row)
                     prev_train[s_idx] = {k: float(v[s_idx, j]) for k, v in metrics.items()
-                                         if k != "eval_return" and not math.isnan(float(v[s_idx, j]))}
+                                         if k not in EVAL_METRICS and not math.isnan(float(v[s_idx, j]))}
             rows.extend(new_rows)
             if writer:
                 writer.write_rows(new_rows)

@@ -112,7 +112,7 @@ def make_model_free_train(cfg: Config) -> Program:
 
     def eval_phase(state: ModelFreeState, key):
         policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
-        return envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length)
+        return {"eval_return": envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length)}
 
     run_chunk = make_run_chunk(cfg, eval_phase, train_iteration)
 

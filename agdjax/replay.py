@@ -19,6 +19,7 @@ from agdjax.envs import Transition
 @struct.dataclass
 class Replay:
     data: Transition  # each leaf [n_envs, capacity, ...]
+    physics: jax.Array  # [n_envs, capacity, n_phys]: simulator state before each transition (envs.physics_state)
     ptr: jax.Array  # int32 [], next physical write index (same for every env)
     size: jax.Array  # int32 [], valid transitions per env
 
@@ -32,17 +33,20 @@ class Window(struct.PyTreeNode):
     terminal: jax.Array
 
 
-def init(n_envs: int, capacity: int, obs_dim: int, act_dim: int) -> Replay:
+def init(n_envs: int, capacity: int, obs_dim: int, act_dim: int, phys_dim: int = 0) -> Replay:
+    """An empty buffer; `phys_dim` floats of simulator state are kept per transition (0: none)."""
     z = lambda *s: jnp.zeros((n_envs, capacity) + s, jnp.float32)
     data = Transition(z(obs_dim), z(act_dim), z(), z(obs_dim), z(), z())
-    return Replay(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    return Replay(data, z(phys_dim), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
 
-def add(replay: Replay, tr: Transition) -> Replay:
-    """Appends one time step for every env; `tr` leaves are [n_envs, ...]."""
+def add(replay: Replay, tr: Transition, physics=None) -> Replay:
+    """Appends one time step for every env; `tr` leaves are [n_envs, ...]; `physics`
+    [n_envs, n_phys] the simulator state the transition started from (None if phys_dim is 0)."""
     capacity = replay.data.obs.shape[1]
     data = jax.tree.map(lambda buf, x: buf.at[:, replay.ptr].set(x), replay.data, tr)
-    return Replay(data, (replay.ptr + 1) % capacity, jnp.minimum(replay.size + 1, capacity))
+    phys = replay.physics if physics is None else replay.physics.at[:, replay.ptr].set(physics)
+    return Replay(data, phys, (replay.ptr + 1) % capacity, jnp.minimum(replay.size + 1, capacity))
 
 
 def _physical(replay: Replay, logical):
@@ -94,10 +98,16 @@ def sample_windows(replay: Replay, key: jax.Array, batch: int, horizon: int) -> 
     return w
 
 
-def sample_obs(replay: Replay, key: jax.Array, batch: int) -> jax.Array:
-    """`batch` observations [batch, obs_dim] uniform over the buffer (imagination start states)."""
+def sample_starts(replay: Replay, key: jax.Array, batch: int):
+    """`batch` start states uniform over the buffer: (obs [batch, obs_dim], physics [batch,
+    n_phys]), the observation and the simulator state it was taken in."""
     n_envs = replay.data.obs.shape[0]
     k_env, k_idx = jax.random.split(key)
     env = jax.random.randint(k_env, (batch,), 0, n_envs)
-    idx = jax.random.randint(k_idx, (batch,), 0, jnp.maximum(replay.size, 1))
-    return replay.data.obs[env, _physical(replay, idx)]
+    idx = _physical(replay, jax.random.randint(k_idx, (batch,), 0, jnp.maximum(replay.size, 1)))
+    return replay.data.obs[env, idx], replay.physics[env, idx]
+
+
+def sample_obs(replay: Replay, key: jax.Array, batch: int) -> jax.Array:
+    """`batch` observations [batch, obs_dim] uniform over the buffer (imagination start states)."""
+    return sample_starts(replay, key, batch)[0]

@@ -20,10 +20,13 @@ from agdjax.agents import a2c, ppo, trpo
 from agdjax.config import Config
 from agdjax.guidance import one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
-from agdjax.sampler import SamplerFns, sample
+from agdjax.sampler import Imagined, SamplerFns, sample
+from agdjax.wm_error import WM_METRICS, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
-           "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return")
+           "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
+           "critic_explained_variance")
+EVAL_METRICS = ("eval_return",) + WM_METRICS  # computed by the evaluation phase, logged at its env step
 
 
 @struct.dataclass
@@ -78,7 +81,7 @@ def make_run_chunk(cfg: Config, eval_phase, train_iteration):
     (i < n_iters and i*E % eval_every == 0) or i == n_iters, then trains if i < n_iters
     (metrics NaN otherwise); E = cfg.env_steps_per_iter.
 
-    eval_phase(state, key) -> float32 eval return; train_iteration(state, before) -> (state,
+    eval_phase(state, key) -> {name: float32} (`eval_return` at least); train_iteration(state, before) -> (state,
     {name: float32}), `before` the env steps done before the iteration; state.key is split
     for the evaluation. Returns run_chunk(state, first_iter) -> (state, {name: [L]}): a
     `lax.scan` over L = cfg.iters_per_chunk iterations; `first_iter` is an int32 scalar, not
@@ -91,11 +94,13 @@ def make_run_chunk(cfg: Config, eval_phase, train_iteration):
         do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
         eval_key, key = jax.random.split(state.key)
         state = state.replace(key=key)
-        eval_return = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: jnp.float32(jnp.nan))
+        nan_like = lambda shapes: jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes)
+        eval_shapes = jax.eval_shape(eval_phase, state, eval_key)
+        ev = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: nan_like(eval_shapes))
         shapes = jax.eval_shape(train_iteration, state, before)[1]
-        skip = lambda s, b: (s, jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes))
+        skip = lambda s, b: (s, nan_like(shapes))
         state, m = jax.lax.cond(i < cfg.n_iters, train_iteration, skip, state, before)
-        return state, dict(m, eval_return=eval_return)
+        return state, dict(m, **ev)
 
     def run_chunk(state, first_iter):
         iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
@@ -113,6 +118,8 @@ def make_train(cfg: Config) -> Program:
     reward_tx = optax.adam(cfg.diffusion_lr)
     nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
     env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length)
+    one_env = jax.eval_shape(functools.partial(envs.reset, env), jax.random.PRNGKey(0)).state
+    phys_dim = jax.eval_shape(envs.physics_state, one_env).shape[0]
 
     # ------------------------------------------------------------------ init + prefill
     def init(key) -> TrainState:
@@ -126,7 +133,7 @@ def make_train(cfg: Config) -> Program:
         rew_p = mods.reward_model.init(k_r, o, jnp.zeros((1, act_dim)))
         state = TrainState(
             env=env_carry, episode_return=jnp.zeros((cfg.n_envs,)), last_return=jnp.float32(jnp.nan),
-            replay=rb.init(cfg.n_envs, cfg.capacity_per_env, obs_dim, act_dim),
+            replay=rb.init(cfg.n_envs, cfg.capacity_per_env, obs_dim, act_dim, phys_dim),
             norm=normalize.init(obs_dim, act_dim),
             denoiser=den_p, denoiser_ema=den_p, denoiser_opt=denoiser_tx.init(den_p),
             reward_model=rew_p, reward_opt=reward_tx.init(rew_p),
@@ -141,11 +148,12 @@ def make_train(cfg: Config) -> Program:
         def body(c, k):
             env_carry, ep_ret, rep = c
             action = policy(k, env_carry.state.obs)
+            physics = jax.vmap(envs.physics_state)(env_carry.state)
             env_carry, tr = env_step(env_carry, action)
             ended = (tr.terminal + tr.truncated) > 0
             ep_ret = ep_ret + tr.reward
             finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())
-            return (env_carry, jnp.where(ended, 0.0, ep_ret), rb.add(rep, tr)), (tr, finished)
+            return (env_carry, jnp.where(ended, 0.0, ep_ret), rb.add(rep, tr, physics)), (tr, finished)
 
         init_c = (state.env, state.episode_return, state.replay)
         (env_carry, ep_ret, rep), (trs, (ret_sum, n_done)) = jax.lax.scan(
@@ -201,19 +209,48 @@ def make_train(cfg: Config) -> Program:
         return state.replace(reward_model=optax.apply_updates(state.reward_model, upd), reward_opt=opt), loss
 
     # ------------------------------------------------------------------ imagination + agent
-    def imagine(state: TrainState, key):
-        k_s, k_sample = jax.random.split(key)
-        s0 = rb.sample_obs(state.replay, k_s, cfg.agent_batch)
+    def diffusion_imagine(state: TrainState, key, s0):
+        """Guided reverse sampling from start states s0 [B, obs_dim] (raw) -> Imagined."""
         ag = state.agent
         fns = SamplerFns(
             denoise=lambda x, a, t: mods.denoiser.apply(state.denoiser_ema, x, a, t),
             actor=lambda o: mods.actor.apply(ag.actor, o),
             value=lambda o: mods.critic.apply(ag.critic, o),
             reward=lambda o, a: mods.reward_model.apply(state.reward_model, o, a))
-        return sample(fns, sched, state.norm, s0, k_sample, delta=jnp.exp(state.log_delta),
+        return sample(fns, sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                       clamp_value=cfg.clamp_value, horizon=cfg.horizon)
+
+    def oracle_imagine(state: TrainState, key, s0, physics):
+        """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the
+        real simulator from the replayed start states, in place of diffusion samples."""
+        template = jax.tree.map(lambda x: x[0], state.env.state)
+        actor = lambda o: mods.actor.apply(state.agent.actor, o)
+        policy = lambda k, o: policy_dist(*actor(o)).sample(seed=k)
+        obs, action, reward, term = envs.rollout(env, template, physics, s0, policy,
+                                                 jax.random.split(key, cfg.horizon - 1))
+        mu, sigma = actor(obs)
+        pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)  # row H-1 is never trained on
+        return Imagined(obs, jnp.concatenate([action, mu[:, -1:]], 1), pad(reward), pad(term), mu, sigma)
+
+    def imagine(state: TrainState, key):
+        k_s, k_sample = jax.random.split(key)
+        s0, physics = rb.sample_starts(state.replay, k_s, cfg.agent_batch)
+        if cfg.imagination == "oracle":
+            return oracle_imagine(state, k_sample, s0, physics)
+        return diffusion_imagine(state, k_sample, s0)
+
+    def wm_error_phase(state: TrainState, key):
+        """World-model error against the simulator (agdjax/wm_error.py) on cfg.wm_error_batch
+        replayed start states, with the run's sampler and guide."""
+        k_s, k_im = jax.random.split(key)
+        s0, physics = rb.sample_starts(state.replay, k_s, cfg.wm_error_batch)
+        im = diffusion_imagine(state, k_im, s0)
+        template = jax.tree.map(lambda x: x[0], state.env.state)
+        actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A], replayed open-loop
+        sim_obs, _, sim_reward, _ = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
+        return trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal)
 
     def agent_update(state: TrainState, key):
         im = imagine(state, key)
@@ -223,7 +260,8 @@ def make_train(cfg: Config) -> Program:
         m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
         z_std = ((im.action - im.policy_mean) / im.policy_std).std()
         log_delta = state.log_delta + cfg.lr_delta * (z_std - 1.0)
-        m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta))
+        m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta),
+                 policy_std=im.policy_std[:, :-1].mean())
         return state.replace(agent=agent, log_delta=log_delta), m
 
     # ------------------------------------------------------------------ one iteration
@@ -243,7 +281,12 @@ def make_train(cfg: Config) -> Program:
         return state, jax.tree.map(jnp.mean, m)
 
     def eval_phase(state: TrainState, key):
-        return envs.evaluate(env, policy_mean(state.agent.actor), key, cfg.eval_episodes, cfg.episode_length)
+        k_ev, k_wm = jax.random.split(key)
+        m = {"eval_return": envs.evaluate(env, policy_mean(state.agent.actor), k_ev, cfg.eval_episodes,
+                                          cfg.episode_length)}
+        if cfg.wm_error_batch > 0:
+            m.update({k: v for k, v in wm_error_phase(state, k_wm).items() if k in WM_METRICS})
+        return m
 
     def train_iteration(state: TrainState, before):
         key, k_col, k_dif, k_ag = jax.random.split(state.key, 4)
@@ -263,12 +306,12 @@ def make_train(cfg: Config) -> Program:
 
     run_chunk = make_run_chunk(cfg, eval_phase, train_iteration)
     phases = {"collect": collect_phase, "diffusion": diffusion_phase, "agent": agent_phase,
-              "eval": eval_phase, "imagine": imagine}
+              "eval": eval_phase, "imagine": imagine, "wm_error": wm_error_phase}
     return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
 
 
 _AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "kl", "imagined_advantage",
-                  "action_guidance_scale")
+                  "action_guidance_scale", "policy_std", "critic_explained_variance")
 LEARNERS = {"a2c": a2c, "ppo": ppo, "trpo": trpo}  # imagination learners, same update interface
 
 

@@ -24,6 +24,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("task", None, f"task: {', '.join(C.TASKS)} (default: the entry point's)")
 flags.DEFINE_string("guide", "none", f"state guide: {', '.join(C.GUIDES)}")
 flags.DEFINE_string("agent", "a2c", f"imagination learner: {', '.join(C.AGENTS)}")
+flags.DEFINE_string("imagination", "diffusion", f"{', '.join(C.IMAGINATION)}: what the learner trains on; "
+                    "oracle (a diagnostic) = H-step rollouts of the current policy in the real simulator")
 flags.DEFINE_bool("model_free", False, "train the learner on the real environment (no world model)")
 flags.DEFINE_integer("num_seeds", 1, "number of seeds run together (vmapped)")
 flags.DEFINE_integer("seed", 0, "first seed; seeds are seed … seed+num_seeds-1")
@@ -51,7 +53,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps",
-                 "denoiser_dtype")
+                 "denoiser_dtype", "imagination")
 
 
 def fail(msg: str):

@@ -94,7 +94,16 @@ def update(cfg, nets: Nets, state: A2CState, obs, action, reward, terminal):
     actor_lr = adapt_actor_lr(state.actor_lr, change, cfg.target_logprob_change, cfg.actor_lr_max)
     new = A2CState(actor, critic, target, actor_opt, critic_opt, actor_lr)
     return new, {"actor_loss": a_loss, "critic_loss": c_loss, "logprob_change": change,
-                 "actor_lr": state.actor_lr}
+                 "actor_lr": state.actor_lr,
+                 "critic_explained_variance": explained_variance(returns, nets.critic(state.critic, s), w)}
+
+
+def explained_variance(target, prediction, weight):
+    """1 - Var(target - prediction) / Var(target), weighted by `weight` (all [B, T]): 1 for a
+    perfect critic, 0 for one that predicts the mean, negative when worse."""
+    mean = lambda x: (weight * x).sum() / jnp.maximum(weight.sum(), 1e-8)
+    var = lambda x: mean((x - mean(x)) ** 2)
+    return 1.0 - var(target - prediction) / (var(target) + 1e-8)
 
 
 def adapt_actor_lr(lr, change, target: float, lr_max: float):

@@ -1,0 +1,138 @@
+"""World-model fidelity against the simulator (PolyGRAD's trajectory error, DESIGN §1
+'World-model fidelity').
+
+From real start states with their stored simulator state, imagine H-step trajectories with
+the run's sampler (policy guidance plus the state guide), replay the imagined actions
+open-loop in the simulator from the same simulator state, and compare raw states and
+rewards. Inside the compiled program this runs with every evaluation (`train.make_train`,
+phase `wm_error`), logged as `wm_state_error_1`, `wm_state_error_last`, `wm_reward_error`.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error")
+
+
+def trajectory_errors(im_obs, im_reward, sim_obs, sim_reward, im_terminal=None):
+    """Per-step errors of imagined against simulated trajectories, raw units.
+
+    im_obs / sim_obs [B, H, obs_dim] (row 0 is the shared real start state), im_reward /
+    sim_reward [B, H-1] (reward of transition k), im_terminal [B, H] imagined terminal flags
+    (optional: transitions after an imagined termination are left out).
+    Returns {'wm_state_error_1': MSE at step 1, 'wm_state_error_last': MSE at step H-1 (mean
+    over dimensions, then trajectories), 'wm_reward_error': mean squared reward error over
+    transitions 0 … H-2}, and 'wm_state_error' [H] (step 0 is 0).
+    Source: PolyGRAD `utils/errors.compute_traj_errors`.
+    """
+    per_step = ((im_obs - sim_obs) ** 2).mean(-1)  # [B, H]
+    r_err = (im_reward - sim_reward) ** 2  # [B, H-1]
+    if im_terminal is None:
+        w_s, w_r = jnp.ones_like(per_step), jnp.ones_like(r_err)
+    else:  # state k is valid while no transition before it terminated
+        alive = jnp.cumprod(1.0 - im_terminal[:, :-1], axis=1)
+        w_s = jnp.concatenate([jnp.ones_like(alive[:, :1]), alive], 1)
+        w_r = w_s[:, :-1]
+    step = (per_step * w_s).sum(0) / jnp.maximum(w_s.sum(0), 1.0)
+    return {"wm_state_error_1": step[1], "wm_state_error_last": step[-1],
+            "wm_reward_error": (r_err * w_r).sum() / jnp.maximum(w_r.sum(), 1.0),
+            "wm_state_error": step}
+
+
+# ---------------------------------------------------------------------------- command line
+def _config_from_dict(d: dict):
+    """A Config from a run's config.json (fields the current Config does not know are left out)."""
+    import dataclasses
+    from agdjax.config import Config, validate
+    names = {f.name for f in dataclasses.fields(Config)}
+    return validate(Config(**{k: v for k, v in d.items() if k in names}))
+
+
+def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
+    """World-model error of each guide in `guides` on the newest valid checkpoint of
+    `run_dir`, from the same start states and noise (same PRNG key for every guide).
+
+    Returns {guide: {metric: [per seed]}} with the metrics of `trajectory_errors`
+    (`wm_state_error` per step as a list). The run's own guide keeps its scale; the others
+    use their defaults for the task. Raises FileNotFoundError / ValueError when the run has
+    no config or no valid checkpoint.
+    """
+    import dataclasses
+    import os
+    import jax
+    import numpy as np
+    from agdjax import checkpoint as ckpt_lib
+    from agdjax import logging as runlog
+    from agdjax.loop import _compiled
+    from agdjax.train import make_train
+
+    saved, seeds = runlog.read_config(run_dir)
+    cfg = _config_from_dict(saved)
+    if cfg.model_free:
+        raise ValueError(f"{run_dir} is a model-free run: it has no world model")
+    ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
+    try:
+        restored = ck.restore(_compiled(cfg, len(seeds)).abstract)
+    finally:
+        ck.close()
+    if restored is None:
+        raise ValueError(f"{run_dir} has no valid checkpoint (run it with checkpoints)")
+    keys = jax.random.split(jax.random.PRNGKey(key), len(seeds))
+    out = {}
+    for g in guides:
+        scale = cfg.guide_scale if g == cfg.guide else None
+        prog = make_train(dataclasses.replace(cfg, guide=g, guide_scale=scale, wm_error_batch=batch))
+        m = jax.jit(jax.vmap(prog.phases["wm_error"]))(restored.state, keys)
+        out[g] = {k: np.asarray(v).tolist() for k, v in m.items()}
+        out[g]["guide_scale"] = dataclasses.replace(cfg, guide=g, guide_scale=scale).c
+    out["_checkpoint"] = {"step": restored.step, "env_steps": restored.driver.get("env_steps"), "seeds": seeds}
+    return out
+
+
+def _table(res) -> str:
+    lines = ["| guide | c | state error, step 1 | state error, last step | reward error |", "|---|---|---|---|---|"]
+    for g, m in res.items():
+        if g.startswith("_"):
+            continue
+        mean = lambda k: sum(m[k]) / len(m[k])
+        lines.append(f"| {g} | {m['guide_scale']:g} | {mean('wm_state_error_1'):.4g} | "
+                     f"{mean('wm_state_error_last'):.4g} | {mean('wm_reward_error'):.4g} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """python -m agdjax.wm_error RUN_DIR [--guides=none,sag,eag] [--batch=256] [--key=0]"""
+    import argparse
+    import json
+    import os
+    import sys
+    from agdjax.config import GUIDES
+    p = argparse.ArgumentParser(prog="python -m agdjax.wm_error", description=(
+        "World-model error against the simulator for each guide, on a run's newest checkpoint "
+        "(same start states and noise for every guide). Writes RUN_DIR/wm_error.json."))
+    p.add_argument("run_dir")
+    p.add_argument("--guides", default="none,sag,eag", help=f"comma-separated, from {','.join(GUIDES)}")
+    p.add_argument("--batch", type=int, default=256, help="trajectories per seed (> 0)")
+    p.add_argument("--key", type=int, default=0, help="PRNG seed of the start states and noise")
+    a = p.parse_args(argv)
+    guides = [g for g in a.guides.split(",") if g]
+    bad = [g for g in guides if g not in GUIDES]
+    if bad or not guides:
+        sys.exit(f"error: --guides={a.guides!r}: allowed are {', '.join(GUIDES)} (comma-separated)")
+    if a.batch <= 0:
+        sys.exit(f"error: --batch={a.batch} must be a positive integer")
+    if not os.path.isfile(os.path.join(a.run_dir, "config.json")):
+        sys.exit(f"error: {a.run_dir} holds no run (no config.json)")
+    try:
+        res = compare_guides(a.run_dir, guides, a.batch, a.key)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    with open(os.path.join(a.run_dir, "wm_error.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"checkpoint at env step {res['_checkpoint']['env_steps']}, seeds {res['_checkpoint']['seeds']}, "
+          f"{a.batch} trajectories per seed; raw-state MSE (mean over dimensions)")
+    print(_table(res))
+
+
+if __name__ == "__main__":
+    main()

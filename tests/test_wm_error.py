@@ -1,0 +1,118 @@
+"""The simulator state in the replay, restoring it, the world-model error against the
+simulator (known answers; logged with each evaluation; the `agdjax.wm_error` command) and
+oracle imagination (the learner's data straight from the simulator)."""
+import functools
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from agdjax import envs, loop, replay as rb, wm_error
+from agdjax.config import make_config
+
+
+def test_trajectory_errors_known_answer():
+    B, H, D = 2, 3, 2
+    sim = jnp.zeros((B, H, D))
+    im = sim.at[:, 1].set(1.0).at[:, 2].set(jnp.array([[2.0, 0.0], [0.0, 0.0]]))
+    r_sim, r_im = jnp.zeros((B, H - 1)), jnp.full((B, H - 1), 0.5)
+    m = wm_error.trajectory_errors(im, r_im, sim, r_sim)
+    assert float(m["wm_state_error_1"]) == pytest.approx(1.0)
+    assert float(m["wm_state_error_last"]) == pytest.approx(1.0)  # (4 + 0) / 2 dims, then (2 + 0) / 2 trajs
+    assert float(m["wm_reward_error"]) == pytest.approx(0.25)
+    np.testing.assert_allclose(np.asarray(m["wm_state_error"]), [0.0, 1.0, 1.0])
+    # a trajectory whose imagined transition 0 terminated counts only at step 0
+    term = jnp.zeros((B, H)).at[0, 0].set(1.0)
+    m = wm_error.trajectory_errors(im, r_im, sim, r_sim, term)
+    assert float(m["wm_state_error_last"]) == pytest.approx(0.0)
+    assert float(m["wm_state_error_1"]) == pytest.approx(1.0)  # only trajectory 1 counts
+    # a perfect world model has no error
+    m = wm_error.trajectory_errors(sim, r_sim, sim, r_sim)
+    assert all(float(jnp.max(v)) == 0.0 for v in m.values())
+
+
+def test_restore_puts_mjx_back_exactly():
+    """Stepping a restored state gives the same next observation AND reward as stepping the
+    original (the reward needs the stored body positions, which lag q by one substep)."""
+    env = envs.make_env("halfcheetah", "mjx")
+    carry = envs.reset(env, jax.random.PRNGKey(0))
+    acts = jax.random.uniform(jax.random.PRNGKey(1), (6, env.action_size), minval=-1, maxval=1)
+
+    @jax.jit
+    def go(state):
+        state = jax.lax.fori_loop(0, 5, lambda i, s: env.step(s, acts[i]), state)
+        back = envs.restore(env, carry.state, envs.physics_state(state), state.obs)
+        return env.step(state, acts[5]), env.step(back, acts[5])
+
+    a, b = go(carry.state)
+    np.testing.assert_allclose(np.asarray(a.obs), np.asarray(b.obs), atol=1e-4)
+    np.testing.assert_allclose(float(a.reward), float(b.reward), atol=1e-4)
+    # without the stored body positions, the reward of the first step would differ
+    ps = a.pipeline_state
+    assert envs.physics_state(a).shape == (ps.q.shape[0] + ps.qd.shape[0] + ps.x.pos.size,)
+
+
+def test_replay_keeps_the_simulator_state_with_each_transition():
+    rep = rb.init(2, 8, 3, 1, phys_dim=4)
+    for i in range(5):
+        tr = envs.Transition(jnp.full((2, 3), i), jnp.zeros((2, 1)), jnp.zeros(2), jnp.zeros((2, 3)),
+                             jnp.zeros(2), jnp.zeros(2))
+        rep = rb.add(rep, tr, jnp.full((2, 4), 10.0 + i))
+    obs, phys = rb.sample_starts(rep, jax.random.PRNGKey(0), 64)
+    np.testing.assert_array_equal(np.asarray(phys), np.repeat(np.asarray(obs[:, :1]), 4, 1) + 10.0)
+    assert len(np.unique(np.asarray(obs[:, 0]))) == 5  # every stored step was drawn
+
+
+@pytest.fixture(scope="module")
+def smoke_oracle(tmp_path_factory):
+    cfg = make_config("halfcheetah", "smoke", guide="sag", backend="positional", imagination="oracle")
+    logdir = str(tmp_path_factory.mktemp("oracle"))
+    return cfg, loop.run(cfg, [0], logdir, progress=False, checkpoint_every=32), logdir
+
+
+def test_evaluations_log_the_world_model_error(smoke_oracle):
+    _, (_, rows, _), _ = smoke_oracle
+    at_eval = [r for r in rows if "eval_return" in r]
+    assert len(at_eval) == 3
+    for r in at_eval:
+        for k in wm_error.WM_METRICS:
+            assert math.isfinite(r[k]) and r[k] >= 0.0, (k, r)
+    assert not any("wm_state_error_1" in r for r in rows if "eval_return" not in r)
+
+
+def test_oracle_imagination_trains_on_the_simulator(smoke_oracle):
+    """In oracle mode the learner's trajectories are simulator rollouts: the one-step reward of
+    row k equals the simulator's reward from the restored state with the same action."""
+    cfg, (state, rows, _), _ = smoke_oracle
+    assert math.isfinite(rows[-1]["actor_loss"]) and math.isfinite(rows[-1]["policy_std"])
+    prog = loop._compiled(cfg, 1).prog
+    one = jax.tree.map(lambda x: x[0], state)
+    im = jax.jit(prog.phases["imagine"])(one, jax.random.PRNGKey(3))
+    assert im.obs.shape == (cfg.agent_batch, cfg.horizon, prog.obs_dim)
+    env = envs.make_env(cfg.task, cfg.backend)
+    # same start states as `imagine` drew (same key split), stepped once with the same action
+    k_s, _ = jax.random.split(jax.random.PRNGKey(3))
+    s0, phys = rb.sample_starts(one.replay, k_s, cfg.agent_batch)
+    np.testing.assert_allclose(np.asarray(s0), np.asarray(im.obs[:, 0]))
+    template = jax.tree.map(lambda x: x[0], one.env.state)
+    o, _, r, _ = jax.jit(functools.partial(envs.rollout, env, template))(
+        phys, s0, lambda a, _: a, jnp.swapaxes(im.action[:, :1], 0, 1))
+    np.testing.assert_allclose(np.asarray(o[:, 1]), np.asarray(im.obs[:, 1]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(r[:, 0]), np.asarray(im.reward[:, 0]), rtol=1e-4, atol=1e-4)
+
+
+def test_wm_error_command_compares_guides(smoke_oracle, capsys):
+    _, _, logdir = smoke_oracle
+    wm_error.main([logdir, "--guides=none,sag", "--batch=8"])
+    out = capsys.readouterr().out
+    assert "| none |" in out and "| sag |" in out
+    with open(f"{logdir}/wm_error.json") as f:
+        res = json.load(f)
+    assert set(res) == {"none", "sag", "_checkpoint"}
+    for g in ("none", "sag"):
+        assert all(math.isfinite(v) for v in res[g]["wm_state_error_last"])
+    with pytest.raises(SystemExit):
+        wm_error.main([logdir, "--guides=foo"])
