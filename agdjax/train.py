@@ -18,7 +18,7 @@ from flax import struct
 from agdjax import diffusion, envs, normalize, replay as rb
 from agdjax.agents import a2c, ppo, trpo
 from agdjax.config import Config
-from agdjax.guidance import one_step_advantage
+from agdjax.guidance import action_z_std, delta_update, one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
 from agdjax.sampler import SamplerFns, sample
 
@@ -213,7 +213,8 @@ def make_train(cfg: Config) -> Program:
         return sample(fns, sched, state.norm, s0, k_sample, delta=jnp.exp(state.log_delta),
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
-                      clamp_value=cfg.clamp_value, horizon=cfg.horizon)
+                      clamp_value=cfg.clamp_value, horizon=cfg.horizon,
+                      action_bound=1.0)  # envs.step clips actions to [-1, 1]; the replay stores that
 
     def agent_update(state: TrainState, key):
         im = imagine(state, key)
@@ -221,8 +222,8 @@ def make_train(cfg: Config) -> Program:
         adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
         agent, m = LEARNERS[cfg.agent].update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
         m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
-        z_std = ((im.action - im.policy_mean) / im.policy_std).std()
-        log_delta = state.log_delta + cfg.lr_delta * (z_std - 1.0)
+        log_delta = delta_update(state.log_delta, action_z_std(im.action, im.policy_mean, im.policy_std),
+                                 cfg.lr_delta)
         m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta))
         return state.replace(agent=agent, log_delta=log_delta), m
 
