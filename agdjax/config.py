@@ -18,8 +18,13 @@ PRESETS = ("auto", "paper", "cpu", "smoke")
 IMAGINATION = ("diffusion", "oracle")
 
 # Reference state-guidance scales c (AGD-MBRL): sag 4, eag 3; the reward guide has no
-# published value, 1.0 is ours.
+# published value, 1.0 is ours. Per-task values of the AGD-MBRL configs take precedence.
 DEFAULT_GUIDE_SCALE = {"none": 0.0, "sag": 4.0, "eag": 3.0, "reward": 1.0}
+TASK_GUIDE_SCALE = {("halfcheetah", "sag"): 3.0, ("hopper", "eag"): 4.0, ("walker2d", "sag"): 4.0,
+                    ("reacher", "sag"): 4.0}
+# Number of diffusion steps of the reference (PolyGRAD T = 128), at which the step-dependent
+# settings (clamp_fraction, delta_ref) were published.
+REF_DIFFUSION_STEPS = 128
 
 
 class ConfigError(ValueError):
@@ -36,7 +41,7 @@ class Config:
     guide: str = "none"
     agent: str = "a2c"
     model_free: bool = False
-    guide_scale: Optional[float] = None  # state-guide scale c; None -> DEFAULT_GUIDE_SCALE
+    guide_scale: Optional[float] = None  # state-guide scale c; None -> TASK_GUIDE_SCALE / DEFAULT_GUIDE_SCALE
     preset: str = "paper"
     imagination: str = "diffusion"  # diffusion | oracle (diagnostic: H-step rollouts in the real simulator)
 
@@ -65,14 +70,14 @@ class Config:
     ema_decay: float = 0.99
     ema_every: int = 10
     ema_start: int = 2000
-    clamp_last_steps: int = 10  # clamp mu_t - x_t to +-clamp_value for t <= this
+    clamp_fraction: float = 11 / 128  # clamp mu_t - x_t over this last fraction of the reverse steps
     clamp_value: float = 0.25
     reward_model_hidden: int = 256
     denoiser_dtype: str = "float32"  # matmul dtype of the denoiser: float32 or bfloat16 (fp32 weights/loss)
     wm_error_batch: int = 64  # trajectories of the world-model error at each evaluation (0: off)
 
     # --- policy guidance (PolyGRAD) on actions
-    delta_init: float = 0.005
+    delta_ref: float = 0.005  # initial action-guidance scale at REF_DIFFUSION_STEPS; see delta_init
     lr_delta: float = 3e-3
     action_clip_sigmas: float = 3.0
 
@@ -142,8 +147,24 @@ class Config:
 
     @property
     def c(self) -> float:
-        """The state-guide scale c actually used."""
-        return DEFAULT_GUIDE_SCALE[self.guide] if self.guide_scale is None else self.guide_scale
+        """The state-guide scale c actually used: guide_scale, else the AGD-MBRL value for
+        (task, guide), else the per-guide default."""
+        if self.guide_scale is not None:
+            return self.guide_scale
+        return TASK_GUIDE_SCALE.get((self.task, self.guide), DEFAULT_GUIDE_SCALE[self.guide])
+
+    @property
+    def clamp_last_steps(self) -> int:
+        """Largest step index t with (t+1)/T <= clamp_fraction (T = n_diffusion_steps): the
+        sampler clamps mu_t - x_t for t <= this. T=128 -> 10 (the reference), 16 -> 0,
+        4 -> -1 (no clamp)."""
+        return math.floor(self.clamp_fraction * self.n_diffusion_steps + 1e-9) - 1
+
+    @property
+    def delta_init(self) -> float:
+        """Initial action-guidance scale: a per-step pull, delta_ref at REF_DIFFUSION_STEPS
+        steps, scaled by REF_DIFFUSION_STEPS / n_diffusion_steps (T=16 -> 0.04)."""
+        return self.delta_ref * REF_DIFFUSION_STEPS / self.n_diffusion_steps
 
     @property
     def capacity_per_env(self) -> int:
@@ -178,6 +199,9 @@ def validate(cfg: Config) -> Config:
                  "eval_episodes", "iters_per_chunk", "horizon", "n_diffusion_steps",
                  "denoiser_hidden", "denoiser_blocks", "diffusion_batch", "agent_batch", "tau"):
         _check_positive(name, getattr(cfg, name))
+    _check_positive("delta_ref", cfg.delta_ref)
+    if not (isinstance(cfg.clamp_fraction, (int, float)) and 0.0 <= cfg.clamp_fraction <= 1.0):
+        raise ConfigError(f"clamp_fraction={cfg.clamp_fraction!r} must be a number in [0, 1]")
     if cfg.prefill_steps < 0:
         raise ConfigError(f"--prefill_steps={cfg.prefill_steps} must be >= 0")
     if cfg.guide_scale is not None and not (math.isfinite(cfg.guide_scale) and cfg.guide_scale >= 0):

@@ -72,3 +72,21 @@ def policy_guided_actions(actor_fn, obs_raw, actions_raw, delta, clip_sigmas: fl
     a = jnp.clip(actions_raw, mu - clip_sigmas * sigma, mu + clip_sigmas * sigma)
     grad_logp = jax.grad(lambda a_: policy_dist(mu, sigma).log_prob(a_).sum())(a)
     return a + take_step * delta * grad_logp, mu, sigma
+
+
+def action_z_std(action, policy_mean, policy_std):
+    """The delta-tuning statistic: z = (a - mu_pi) / sigma_pi, its std (unbiased, as torch.std)
+    over the batch and rows 0 … H-2 per action dimension, then the mean over dimensions.
+
+    action, policy_mean, policy_std [B, H, act_dim] -> scalar. Source: PolyGRAD
+    `utils/evaluation.py:get_standardized_stats` (`std(dim=[0, 1])` of rows [:, :-1]), used in
+    `agent/a2c.py`. The last row has no transition that the learner trains on.
+    """
+    z = (action[:, :-1] - policy_mean[:, :-1]) / policy_std[:, :-1]
+    return z.std(axis=(0, 1), ddof=1).mean()
+
+
+def delta_update(log_delta, z_std, lr: float):
+    """log delta <- log delta + lr (z_std - 1): imagined actions spread wider than the policy
+    (z_std > 1) raise delta, i.e. pull them harder towards it (PolyGRAD `a2c.py`)."""
+    return log_delta + lr * (z_std - 1.0)

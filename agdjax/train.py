@@ -18,14 +18,14 @@ from flax import struct
 from agdjax import diffusion, envs, normalize, replay as rb
 from agdjax.agents import a2c, ppo, trpo
 from agdjax.config import Config
-from agdjax.guidance import one_step_advantage
+from agdjax.guidance import action_z_std, delta_update, one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
 from agdjax.sampler import Imagined, SamplerFns, sample
 from agdjax.wm_error import WM_METRICS, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
-           "critic_explained_variance")
+           "critic_explained_variance", "guide_step_ratio")
 EVAL_METRICS = ("eval_return",) + WM_METRICS  # computed by the evaluation phase, logged at its env step
 
 
@@ -220,7 +220,8 @@ def make_train(cfg: Config) -> Program:
         return sample(fns, sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
-                      clamp_value=cfg.clamp_value, horizon=cfg.horizon)
+                      clamp_value=cfg.clamp_value, horizon=cfg.horizon,
+                      action_bound=1.0)  # envs.step clips actions to [-1, 1]; the replay stores that
 
     def oracle_imagine(state: TrainState, key, s0, physics):
         """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the
@@ -232,7 +233,8 @@ def make_train(cfg: Config) -> Program:
                                                  jax.random.split(key, cfg.horizon - 1))
         mu, sigma = actor(obs)
         pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)  # row H-1 is never trained on
-        return Imagined(obs, jnp.concatenate([action, mu[:, -1:]], 1), pad(reward), pad(term), mu, sigma)
+        return Imagined(obs, jnp.concatenate([action, mu[:, -1:]], 1), pad(reward), pad(term), mu, sigma,
+                        jnp.float32(0.0))
 
     def imagine(state: TrainState, key):
         k_s, k_sample = jax.random.split(key)
@@ -258,10 +260,10 @@ def make_train(cfg: Config) -> Program:
         adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
         agent, m = LEARNERS[cfg.agent].update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
         m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
-        z_std = ((im.action - im.policy_mean) / im.policy_std).std()
-        log_delta = state.log_delta + cfg.lr_delta * (z_std - 1.0)
+        log_delta = delta_update(state.log_delta, action_z_std(im.action, im.policy_mean, im.policy_std),
+                                 cfg.lr_delta)
         m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta),
-                 policy_std=im.policy_std[:, :-1].mean())
+                 policy_std=im.policy_std[:, :-1].mean(), guide_step_ratio=im.guide_step_ratio)
         return state.replace(agent=agent, log_delta=log_delta), m
 
     # ------------------------------------------------------------------ one iteration
@@ -311,7 +313,7 @@ def make_train(cfg: Config) -> Program:
 
 
 _AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "kl", "imagined_advantage",
-                  "action_guidance_scale", "policy_std", "critic_explained_variance")
+                  "action_guidance_scale", "policy_std", "critic_explained_variance", "guide_step_ratio")
 LEARNERS = {"a2c": a2c, "ppo": ppo, "trpo": trpo}  # imagination learners, same update interface
 
 

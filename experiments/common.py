@@ -32,7 +32,7 @@ flags.DEFINE_integer("seed", 0, "first seed; seeds are seed … seed+num_seeds-1
 flags.DEFINE_integer("total_env_steps", None, "env-step budget per seed (default: the preset's)")
 flags.DEFINE_string("backend", "mjx", f"Brax backend: {', '.join(C.BACKENDS)}")
 flags.DEFINE_string("preset", "auto", f"{', '.join(C.PRESETS)}; auto = paper on GPU/TPU, cpu on CPU")
-flags.DEFINE_float("guide_scale", None, "state-guide scale c (default: sag 4, eag 3, reward 1)")
+flags.DEFINE_float("guide_scale", None, "state-guide scale c (default: per task, halfcheetah sag 3, hopper eag 4; else sag 4, eag 3, reward 1)")
 flags.DEFINE_string("logdir", None, "run directory (default: runs/<task>_<guide>_<preset>_<time>)")
 flags.DEFINE_integer("checkpoint_every", None,
                      "env steps between Orbax checkpoints, rounded to whole chunks (default: the "

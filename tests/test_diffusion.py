@@ -92,3 +92,50 @@ def test_bfloat16_denoiser_keeps_fp32_params_output_and_gradients():
     dots = [line for line in hlo.splitlines() if "dot_general" in line]
     assert dots and all("bf16" in line and "-> tensor<8x" in line and "xf32>" in line.split("->")[-1]
                         for line in dots), dots[:3]
+
+
+# ------------------------------------------------------------------ settings tied to T
+@pytest.mark.parametrize("steps,clamp_last,delta", [(128, 10, 0.005), (16, 0, 0.04), (4, -1, 0.16)])
+def test_step_dependent_settings_scale_with_T(steps, clamp_last, delta):
+    from agdjax.config import make_config
+    cfg = make_config("halfcheetah", "smoke", n_diffusion_steps=steps)
+    assert cfg.clamp_last_steps == clamp_last
+    np.testing.assert_allclose(cfg.delta_init, delta, rtol=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "smoke"])
+def test_perfect_denoiser_recovers_x0_at_each_presets_T(preset):
+    """A denoiser that returns the true x0 makes the sampler (no guides, no action guidance)
+    end at x0: exactly where the clamp of the last steps is off (T = 128: it never binds,
+    T = 4: none), and at T = 16 exactly up to the clamp of step t = 0, which caps the last
+    move |x0 - x_1| (noise std sqrt(1 - alpha_bar_0) ~ 0.11) at clamp_value."""
+    from agdjax import normalize
+    from agdjax.config import make_config
+    from agdjax.sampler import SamplerFns, sample
+    cfg = make_config("halfcheetah", preset)
+    obs_dim, act_dim, b, h = 3, 2, 4, 5
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (b, h, obs_dim + 2))
+    stats = lambda d: normalize.RunningStats(jnp.ones(()), jnp.zeros((d,)), jnp.ones((d,)))
+    norm = normalize.Normalizer(stats(obs_dim), stats(act_dim), stats(1))
+    seen = {}
+
+    def perfect(x_t, a, t):
+        jax.debug.callback(lambda x, t_: seen.__setitem__(int(t_[0]), np.asarray(x)), x_t, t)
+        return x0
+
+    zero = lambda *args: jnp.zeros(args[0].shape[:-1])
+    actor = lambda o: (jnp.zeros(o.shape[:-1] + (act_dim,)), jnp.ones(o.shape[:-1] + (act_dim,)))
+    fns = SamplerFns(perfect, actor, zero, zero)
+    im = sample(fns, diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau), norm, x0[:, 0, :obs_dim],
+                jax.random.PRNGKey(1), delta=0.0, guide="none", guide_scale=0.0, gamma=0.99,
+                act_dim=act_dim, horizon=h, clamp_last_steps=cfg.clamp_last_steps,
+                clamp_value=cfg.clamp_value, action_guidance=False)
+    jax.effects_barrier()
+    out = np.concatenate([im.obs, im.reward[..., None]], -1)  # the terminal column is thresholded
+    want = np.asarray(x0[..., :-1])
+    if preset == "cpu":
+        assert cfg.clamp_last_steps == 0
+        x1 = seen[0][..., :-1]
+        want = x1 + np.clip(want - x1, -cfg.clamp_value, cfg.clamp_value)
+        want[:, 0, :obs_dim] = np.asarray(x0[:, 0, :obs_dim])
+    np.testing.assert_allclose(out, want, atol=1e-4)

@@ -1,15 +1,26 @@
-"""Invariants of the guided sampler on a toy problem with hand-made networks:
-s_0 never moves; sag/eag raise the mean advantage over `none` from the same noise and
-weights; policy guidance raises the log-probability of imagined actions."""
+"""The guides and the guided sampler.
+
+Part 1, invariants on a toy problem with hand-made networks: s_0 never moves; sag/eag raise
+the mean advantage over `none` from the same noise and weights; policy guidance raises the
+log-probability of imagined actions.
+
+Part 2, known answers against independent float64 NumPy references, with a non-linear critic
+(a fixed random tanh MLP), a state-dependent actor, a non-trivial normaliser (means != 0,
+stds != 1, per dimension) and non-zero terminals: the advantage, the guide objectives, the
+state-guide gradient (finite differences in normalised space), the policy step, and one whole
+reverse step of the sampler (recomputed by hand from the same keys).
+"""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from agdjax import diffusion, normalize
-from agdjax.guidance import guide_objective, one_step_advantage, policy_guided_actions, state_guide_gradient
+from agdjax.config import make_config
+from agdjax.guidance import (action_z_std, delta_update, guide_objective, one_step_advantage,
+                             policy_guided_actions, state_guide_gradient)
 from agdjax.networks import policy_dist
-from agdjax.sampler import SamplerFns, sample
+from agdjax.sampler import Guidance, SamplerFns, reverse_step, sample
 
 OBS, ACT, H, T, B = 3, 2, 5, 8, 256
 GAMMA = 0.5
@@ -88,18 +99,6 @@ def test_policy_step_known_answer():
     np.testing.assert_allclose(np.asarray(out[0, :, 0]), [1.0 - 0.5 * 0.25, 6.0 - 0.5 * 1.5], rtol=1e-6)
 
 
-def test_state_guide_gradient_rows_and_unnormalisation():
-    # critic on raw states; obs std 2 -> gradient w.r.t. normalised states is doubled
-    norm = identity_norm()
-    norm = norm.replace(obs=normalize.RunningStats(jnp.ones(()), jnp.zeros((OBS,)), 4.0 * jnp.ones((OBS,))))
-    s_hat = jnp.zeros((1, H, OBS))
-    g = state_guide_gradient("eag", s_hat, jnp.zeros((1, H)), jnp.zeros((1, H)), jnp.zeros((1, H, ACT)),
-                             norm.obs, norm.reward, lambda o: o[..., 0], None, GAMMA)
-    g = np.asarray(g[0, :, 0])
-    assert g[0] == 0 and g[-1] == 0
-    np.testing.assert_allclose(g[1:-1], (GAMMA - 1.0) * 2.0, rtol=1e-5)
-
-
 def test_guide_objectives_known_values():
     adv = jnp.array([0.0, 1.0])
     np.testing.assert_allclose(float(guide_objective("eag", advantage=adv)), 1.0)
@@ -107,3 +106,281 @@ def test_guide_objectives_known_values():
                                np.log(0.5) + np.log(1 / (1 + np.exp(-1.0))), rtol=1e-6)
     with pytest.raises(ValueError, match="allowed"):
         guide_objective("bogus", advantage=adv)
+
+
+# ------------------------------------------------------------------ part 2: known answers
+_rng = np.random.default_rng(0)
+W1, B1, W2 = _rng.normal(size=(OBS, 8)) * 0.7, _rng.normal(size=8) * 0.3, _rng.normal(size=8)
+WA, BA, WS = _rng.normal(size=(OBS, ACT)) * 0.5, _rng.normal(size=ACT) * 0.3, _rng.normal(size=(OBS, ACT))
+WR = _rng.normal(size=OBS)
+STATS = dict(obs=([0.5, -1.0, 2.0], [2.0, 0.5, 3.0]), action=([0.2, -0.1], [0.5, 2.0]), reward=([0.3], [2.0]))
+
+
+def sigmoid(z, xp):
+    return 1.0 / (1.0 + xp.exp(-z))
+
+
+def critic(o, xp=jnp):
+    """A fixed random tanh MLP on raw states: [..., OBS] -> [...]."""
+    return xp.tanh(o @ W1 + B1) @ W2
+
+
+def actor(o, xp=jnp):
+    """State-dependent Gaussian policy on raw states: -> (mu, sigma), [..., ACT] each."""
+    return xp.tanh(o @ WA + BA), 0.3 + 0.5 * sigmoid(o @ WS, xp)
+
+
+def reward_model(o, a, xp=jnp):
+    return xp.sin(o @ WR) + 0.3 * (a**2).sum(-1)
+
+
+def real_norm():
+    """Normaliser with means != 0 and stds != 1, different per dimension."""
+    s = {k: normalize.RunningStats(jnp.ones(()), jnp.asarray(m, jnp.float32), jnp.asarray(sd, jnp.float32) ** 2)
+         for k, (m, sd) in STATS.items()}
+    return normalize.Normalizer(s["obs"], s["action"], s["reward"])
+
+
+def np_stats(stats):
+    """(mean, std) in float64, exactly the normaliser's (std includes its epsilon)."""
+    return np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
+
+
+def ref_objective(guide, s_norm, r_norm, term, a_raw, norm):
+    """The guide's log-weight in float64, from the definitions (DESIGN §1), s_norm [B,H,OBS]."""
+    (om, osd), (rm, rsd) = np_stats(norm.obs), np_stats(norm.reward)
+    s = s_norm * osd + om
+    if guide == "reward":
+        return reward_model(s, a_raw, np).sum()
+    r, d, v = r_norm * rsd[0] + rm[0], (term > 0.5).astype(np.float64), critic(s, np)
+    total = 0.0
+    for b in range(s.shape[0]):
+        for k in range(s.shape[1] - 1):
+            adv = r[b, k] + GAMMA * (1 - d[b, k]) * v[b, k + 1] - v[b, k]
+            total += -np.log1p(np.exp(-adv)) if guide == "sag" else adv
+    return total
+
+
+def ref_gradient(guide, s_norm, r_norm, term, a_raw, norm, eps=1e-6):
+    """Central finite differences of ref_objective w.r.t. the normalised states; rows 0 and
+    H-1 are not moved by the guide (zero)."""
+    s_norm = np.asarray(s_norm, np.float64)
+    g = np.zeros_like(s_norm)
+    for idx in np.ndindex(*s_norm.shape):
+        if idx[1] in (0, s_norm.shape[1] - 1):
+            continue
+        up, dn = s_norm.copy(), s_norm.copy()
+        up[idx] += eps
+        dn[idx] -= eps
+        g[idx] = (ref_objective(guide, up, r_norm, term, a_raw, norm)
+                  - ref_objective(guide, dn, r_norm, term, a_raw, norm)) / (2 * eps)
+    return g
+
+
+def guide_inputs(key=1, b=3):
+    ks = jax.random.split(jax.random.PRNGKey(key), 3)
+    s_hat = jax.random.normal(ks[0], (b, H, OBS))
+    r_norm = jax.random.normal(ks[1], (b, H))
+    term = jnp.array([[0.0, 0.7, 0.0, 0.2, 0.0], [0.9, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.6, 0.0, 0.0]])[:b]
+    a_raw = 1.5 * jax.random.normal(ks[2], (b, H, ACT))
+    return s_hat, r_norm, term, a_raw
+
+
+def test_one_step_advantage_known_answer():
+    s, r, term, _ = guide_inputs()
+    d = (term > 0.5).astype(jnp.float32)
+    got = np.asarray(one_step_advantage(critic, s, r, d, GAMMA))
+    v = critic(np.asarray(s, np.float64), np)
+    want = [[r[b, k] + GAMMA * (1 - d[b, k]) * v[b, k + 1] - v[b, k] for k in range(H - 1)] for b in range(3)]
+    np.testing.assert_allclose(got, np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("guide", ["sag", "eag", "reward"])
+def test_state_guide_gradient_matches_finite_differences(guide):
+    """G = grad of the objective in normalised state space, through the un-normalisation of
+    states and rewards, terminals thresholded at 0.5, rows 0 and H-1 zero."""
+    norm = real_norm()
+    s_hat, r_norm, term, a_raw = guide_inputs()
+    got = np.asarray(state_guide_gradient(guide, s_hat, r_norm, term, a_raw, norm.obs, norm.reward,
+                                          critic, reward_model, GAMMA))
+    want = ref_gradient(guide, s_hat, np.asarray(r_norm, np.float64), np.asarray(term),
+                        np.asarray(a_raw, np.float64), norm)
+    assert np.all(got[:, 0] == 0) and np.all(got[:, -1] == 0)
+    assert np.abs(want).max() > 0.1  # the check is not vacuous
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def test_policy_step_known_answer_state_dependent_actor():
+    s_raw, _, _, a_raw = guide_inputs(key=2)
+    a_raw = a_raw.at[0, 0].set(jnp.array([5.0, -5.0]))  # beyond mu ± 3 sigma: clipped
+    delta = 0.2
+    out, mu, sigma = policy_guided_actions(actor, s_raw, a_raw, delta, 3.0, 1.0)
+    m, sd = actor(np.asarray(s_raw, np.float64), np)
+    a_c = np.clip(np.asarray(a_raw, np.float64), m - 3 * sd, m + 3 * sd)
+    np.testing.assert_allclose(np.asarray(mu), m, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(sigma), sd, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(out), a_c + delta * (m - a_c) / sd**2, rtol=1e-5, atol=1e-5)
+    off, _, _ = policy_guided_actions(actor, s_raw, a_raw, delta, 3.0, 0.0)
+    np.testing.assert_allclose(np.asarray(off), a_c, rtol=1e-6, atol=1e-6)
+
+
+def step_denoiser(x_t, a_scaled, t):
+    """A deterministic, non-linear stand-in for the denoiser."""
+    return 0.7 * x_t + 0.25 * jnp.tanh(x_t[..., ::-1]) + 0.3 * a_scaled.sum(-1, keepdims=True) + 0.01 * t[:, None, None]
+
+
+STEP_FNS = SamplerFns(step_denoiser, actor, critic, reward_model)
+
+
+def ref_reverse_step(sched, norm, s0, x_t, a_t, t, key, g: Guidance):
+    """One guided reverse step recomputed in float64 from DESIGN §1 (steps 1-5); the guide
+    gradient by finite differences. Returns (x_prev, a_prev, guide_ratio)."""
+    f64 = lambda x: np.asarray(x, np.float64)
+    (om, osd), (am, asd) = np_stats(norm.obs), np_stats(norm.action)
+    k_a, k_x = jax.random.split(key)
+    eps_a, eps_x = f64(jax.random.normal(k_a, a_t.shape)), f64(jax.random.normal(k_x, x_t.shape))
+    x_t, a_t, s0 = f64(x_t), f64(a_t), f64(s0)
+    c0, ct = float(sched.coef_x0[t]), float(sched.coef_xt[t])
+    sigma = float(np.exp(0.5 * sched.posterior_log_var[t]))
+    # 1. the denoiser sees the action clipped to the environment's range
+    a_env = (np.clip(a_t * asd + am, -g.action_bound, g.action_bound) - am) / asd
+    ts = jnp.full((x_t.shape[0],), t)
+    x0 = f64(step_denoiser(jnp.asarray(x_t, jnp.float32), jnp.asarray(np.sqrt(float(sched.alpha_bar[t])) * a_env, jnp.float32), ts))
+    x0[:, 0, :OBS] = s0
+    # 3. policy at the predicted clean states; clip to mu ± 3 sigma, one step on log pi, noise
+    m, sd = actor(x0[..., :OBS] * osd + om, np)
+    a_c = np.clip(a_t * asd + am, m - g.clip_sigmas * sd, m + g.clip_sigmas * sd)
+    a_new = a_c + (t > 0) * g.action_guidance * g.delta * (m - a_c) / sd**2
+    a_prev = (a_new - am) / asd + sigma * eps_a
+    # 4. state guide on x0_hat, in normalised units
+    ratio = 0.0
+    if g.guide != "none":
+        grad = ref_gradient(g.guide, x0[..., :OBS], x0[..., -2], x0[..., -1],
+                            np.clip(a_new, -g.action_bound, g.action_bound), norm)
+        step = g.guide_scale * sigma**4 * grad
+        ratio = np.linalg.norm(step) / np.linalg.norm(x0[..., :OBS])
+        x0[..., :OBS] += step
+    mu = c0 * x0 + ct * x_t
+    # 5. clamp, noise, in-paint
+    if t <= g.clamp_last_steps:
+        mu = x_t + np.clip(mu - x_t, -g.clamp_value, g.clamp_value)
+    x_prev = mu + sigma * eps_x
+    x_prev[:, 0, :OBS] = s0
+    return x_prev, a_prev, ratio
+
+
+def step_inputs(b=3, key=3):
+    ks = jax.random.split(jax.random.PRNGKey(key), 3)
+    x_t = jax.random.normal(ks[0], (b, H, OBS + 2)) * 1.2
+    a_t = jax.random.normal(ks[1], (b, H, ACT)) * 1.5  # raw actions beyond [-1, 1] too
+    s0 = x_t[:, 0, :OBS]
+    return s0, x_t, a_t
+
+
+@pytest.mark.parametrize("guide,t,clamp_last_steps", [
+    ("none", 5, -1), ("sag", 5, -1), ("eag", 4, -1), ("reward", 5, -1),
+    ("sag", 1, 2),  # the clamp binds (clamp_value 0.05)
+    ("none", 0, -1),  # t = 0: no action step
+])
+def test_reverse_step_matches_hand_computation(guide, t, clamp_last_steps):
+    sched, norm = diffusion.cosine_schedule(T, 1.0), real_norm()
+    s0, x_t, a_t = step_inputs()
+    g = Guidance(delta=0.3, guide=guide, guide_scale=3.0, gamma=GAMMA, clamp_last_steps=clamp_last_steps,
+                 clamp_value=0.05)
+    key = jax.random.PRNGKey(7)
+    x_prev, a_prev, (mu_pi, sigma_pi, ratio) = reverse_step(STEP_FNS, sched, norm, s0, g, x_t, a_t, t, key)
+    want_x, want_a, want_ratio = ref_reverse_step(sched, norm, s0, x_t, a_t, t, key, g)
+    np.testing.assert_allclose(np.asarray(a_prev), want_a, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(x_prev), want_x, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(float(ratio), want_ratio, rtol=1e-3, atol=1e-7)
+    if clamp_last_steps >= t:
+        assert np.abs(np.asarray(x_prev - x_t))[:, 1:].max() > 0.05  # noise on top of a binding clamp
+
+
+def test_sample_is_the_scan_of_reverse_steps():
+    """sample = x_T, a_T from the key, then reverse_step for t = T-1 … 0 with one key each;
+    Imagined holds raw units, the policy at t = 0 and the mean guide ratio over t >= 1."""
+    sched, norm = diffusion.cosine_schedule(4, 1.0), real_norm()
+    s0, _, _ = step_inputs()
+    s0_raw = norm.obs.unnormalize(s0)
+    key = jax.random.PRNGKey(11)
+    kw = dict(delta=0.3, guide="sag", guide_scale=3.0, gamma=GAMMA)
+    im = sample(STEP_FNS, sched, norm, s0_raw, key, act_dim=ACT, horizon=H, clamp_last_steps=0, **kw)
+    k_x, k_a, k_loop = jax.random.split(key, 3)
+    x = diffusion.inpaint(jax.random.normal(k_x, (3, H, OBS + 2)), s0)
+    a = jax.random.normal(k_a, (3, H, ACT))
+    ratios = []
+    for t, k in zip(range(3, -1, -1), jax.random.split(k_loop, 4)):
+        x, a, (mu_pi, sigma_pi, r) = reverse_step(STEP_FNS, sched, norm, s0, Guidance(**kw, clamp_last_steps=0), x, a, t, k)
+        ratios.append(float(r))
+    obs, reward, term = normalize.unpack(norm, x)
+    for got, want in [(im.obs, obs), (im.reward, reward), (im.terminal, term > 0.5),
+                      (im.action, norm.action.unnormalize(a)), (im.policy_mean, mu_pi), (im.policy_std, sigma_pi)]:
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want, np.float32), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(im.guide_step_ratio), np.mean(ratios[:-1]), rtol=1e-5)
+
+
+def test_world_model_sees_only_environment_range_actions():
+    """The denoiser and the reward model get actions in [-1, 1] (raw) at every step even when
+    the policy's mean is 3; the learner's Imagined.action is the policy's own action."""
+    sched, norm = diffusion.cosine_schedule(T, 1.0), real_norm()
+    seen, seen_r = [], []
+
+    def denoise(x_t, a_scaled, t):
+        jax.debug.callback(lambda a, t_: seen.append((np.asarray(a), int(t_[0]))), a_scaled, t)
+        return step_denoiser(x_t, a_scaled, t)
+
+    def reward_fn(o, a):
+        jax.debug.callback(lambda a_: seen_r.append(np.asarray(a_)), a)
+        return reward_model(o, a)
+
+    far_actor = lambda o: (jnp.full(o.shape[:-1] + (ACT,), 3.0), jnp.full(o.shape[:-1] + (ACT,), 0.5))
+    fns = SamplerFns(denoise, far_actor, critic, reward_fn)
+    s0_raw = norm.obs.unnormalize(step_inputs()[0])
+    im = sample(fns, sched, norm, s0_raw, jax.random.PRNGKey(0), delta=0.3, guide="reward", guide_scale=1.0,
+                gamma=GAMMA, act_dim=ACT, horizon=H)
+    jax.effects_barrier()
+    assert len(seen) == T and len(seen_r) >= T - 1
+    am, asd = np_stats(norm.action)
+    for a_scaled, t in seen:
+        raw = a_scaled / np.sqrt(float(sched.alpha_bar[t])) * asd + am
+        assert np.abs(raw).max() <= 1.0 + 1e-5, (t, np.abs(raw).max())
+    assert max(np.abs(a).max() for a in seen_r) <= 1.0 + 1e-6
+    assert float(im.action.max()) > 1.5  # the learner trains on the policy's unclipped action
+
+
+def test_guide_step_ratio_zero_for_none_positive_for_sag():
+    sched, norm = diffusion.cosine_schedule(T, 1.0), real_norm()
+    s0_raw = norm.obs.unnormalize(step_inputs()[0])
+    kw = dict(delta=0.3, guide_scale=3.0, gamma=GAMMA, act_dim=ACT, horizon=H)
+    none = sample(STEP_FNS, sched, norm, s0_raw, jax.random.PRNGKey(0), guide="none", **kw)
+    sag = sample(STEP_FNS, sched, norm, s0_raw, jax.random.PRNGKey(0), guide="sag", **kw)
+    assert float(none.guide_step_ratio) == 0.0
+    assert float(sag.guide_step_ratio) > 1e-3
+
+
+# ------------------------------------------------------------------ delta tuning, guide scales
+def test_action_z_std_known_answer_ignores_last_row():
+    mu, sd = jnp.full((2, 3, 2), 0.5), jnp.array([0.5, 2.0]) * jnp.ones((2, 3, 2))
+    z = jnp.array([[1.0, -1.0, 100.0], [1.0, -1.0, -100.0]])  # rows 0, 1 per batch; row 2 ignored
+    z = jnp.stack([z, 2.0 * z], -1)  # dim 1 twice as spread
+    got = float(action_z_std(mu + sd * z, mu, sd))
+    # unbiased std of (1, -1, 1, -1) is sqrt(4/3); dims: sqrt(4/3) and 2 sqrt(4/3)
+    np.testing.assert_allclose(got, 1.5 * np.sqrt(4 / 3), rtol=1e-6)
+
+
+def test_delta_update_sign():
+    log_delta = jnp.log(0.005)
+    np.testing.assert_allclose(float(delta_update(log_delta, 2.0, 0.1)), float(log_delta) + 0.1, rtol=1e-6)
+    assert float(delta_update(log_delta, 1.5, 3e-3)) > float(log_delta)  # too wide: pull harder
+    assert float(delta_update(log_delta, 0.5, 3e-3)) < float(log_delta)
+    assert float(delta_update(log_delta, 1.0, 3e-3)) == float(log_delta)
+
+
+@pytest.mark.parametrize("task,guide,c", [
+    ("halfcheetah", "sag", 3.0), ("hopper", "eag", 4.0), ("walker2d", "sag", 4.0), ("reacher", "sag", 4.0),
+    ("halfcheetah", "eag", 3.0), ("hopper", "sag", 4.0), ("walker2d", "reward", 1.0), ("reacher", "none", 0.0),
+])
+def test_guide_scale_per_task(task, guide, c):
+    assert make_config(task, "smoke", guide=guide).c == c
+    assert make_config(task, "smoke", guide=guide, guide_scale=2.5).c == 2.5
