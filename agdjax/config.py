@@ -71,7 +71,7 @@ class Config:
     ema_every: int = 10
     ema_start: int = 2000
     clamp_fraction: float = 11 / 128  # clamp mu_t - x_t over this last fraction of the reverse steps
-    clamp_value: float = 0.25
+    clamp_ref: float = 0.25  # bound of |mu_t - x_t| at REF_DIFFUSION_STEPS steps; see clamp_value
     reward_model_hidden: int = 256
     denoiser_dtype: str = "float32"  # matmul dtype of the denoiser: float32 or bfloat16 (fp32 weights/loss)
     wm_error_batch: int = 64  # trajectories of the world-model error at each evaluation (0: off)
@@ -161,6 +161,13 @@ class Config:
         return math.floor(self.clamp_fraction * self.n_diffusion_steps + 1e-9) - 1
 
     @property
+    def clamp_value(self) -> float:
+        """Bound of |mu_t - x_t| in the clamped steps: clamp_ref per step at
+        REF_DIFFUSION_STEPS steps, scaled by REF_DIFFUSION_STEPS / n_diffusion_steps, since
+        each of T steps moves about 1/T of the way (T=128 -> 0.25, the reference; T=16 -> 2)."""
+        return self.clamp_ref * REF_DIFFUSION_STEPS / self.n_diffusion_steps
+
+    @property
     def delta_init(self) -> float:
         """Initial action-guidance scale: a per-step pull, delta_ref at REF_DIFFUSION_STEPS
         steps, scaled by REF_DIFFUSION_STEPS / n_diffusion_steps (T=16 -> 0.04)."""
@@ -200,6 +207,7 @@ def validate(cfg: Config) -> Config:
                  "denoiser_hidden", "denoiser_blocks", "diffusion_batch", "agent_batch", "tau"):
         _check_positive(name, getattr(cfg, name))
     _check_positive("delta_ref", cfg.delta_ref)
+    _check_positive("clamp_ref", cfg.clamp_ref)
     if not (isinstance(cfg.clamp_fraction, (int, float)) and 0.0 <= cfg.clamp_fraction <= 1.0):
         raise ConfigError(f"clamp_fraction={cfg.clamp_fraction!r} must be a number in [0, 1]")
     if cfg.prefill_steps < 0:
