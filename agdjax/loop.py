@@ -136,6 +136,18 @@ def _compiled(cfg: Config, n_seeds: int) -> _Compiled:
     return _Compiled(cfg, n_seeds)
 
 
+def compile_message(cfg: Config, n_seeds: int) -> str:
+    """The line printed before compiling: what, and where the result is kept for later runs."""
+    what = (f"compiling the training program ({cfg.task}, {cfg.backend} backend, "
+            f"{'model-free ' + cfg.agent if cfg.model_free else 'guide ' + cfg.guide}, "
+            f"{cfg.preset} preset, {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        return (f"{what}; XLA's output is cached in {cache}, so the next run with the same "
+                f"configuration only traces the program")
+    return f"{what}; no persistent compilation cache is set (JAX_COMPILATION_CACHE_DIR)"
+
+
 # ---------------------------------------------------------------------------- resume checks
 def resume_mismatch(saved_config: dict, saved_seeds, cfg: Config, seeds) -> str | None:
     """Why a run saved with (saved_config, saved_seeds) cannot continue as (cfg, seeds); None
@@ -255,7 +267,7 @@ def _inject_nan(cfg, state, metrics, chunk_first_iter, target):
 
 # ---------------------------------------------------------------------------- the run
 def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, log_fn=print,
-        checkpoint_every: int | None = None, resume: bool = False, *,
+        checkpoint_every: int | None = None, resume: bool = False, progress_every_s: float = 30.0, *,
         _inject_nan_at_chunk: int | None = None, _inject_nan_into: str = "diffusion_loss",
         _stop_after_chunk: int | None = None):
     """Trains every seed in `seeds` (list of ints) for cfg.total_env_steps.
@@ -264,6 +276,8 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
     checkpoint_every: env steps between Orbax checkpoints in <logdir>/checkpoints (rounded to
       whole chunks, at least one); None: no checkpoints. The state before the last chunk and
       the final state are always saved when checkpointing. The last 3 are kept.
+    progress: show progress (runlog.Progress: a bar on a terminal, else a plain line at most
+      every `progress_every_s` seconds).
     resume: continue the run in `logdir` from its newest valid checkpoint (from the start if
       there is none); metrics.jsonl is cut back to the checkpoint's rows, so the finished
       file equals that of a run that never stopped. cfg may differ from the run's only in a
@@ -295,6 +309,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         if os.path.isdir(ck_dir) and os.listdir(ck_dir):
             raise FileExistsError(f"{ck_dir} already holds checkpoints; resume the run or use a new logdir")
 
+    log_fn(compile_message(cfg, len(seeds)))
     t0 = time.perf_counter()
     compiled = _compiled(cfg, len(seeds))
     abstract = compiled.abstract
@@ -371,13 +386,15 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             t0 = time.perf_counter()
             chunk_c = compiled.chunk()
             t_compile += time.perf_counter() - t0
+        log_fn(f"compiled in {t_compile:.1f} s")
 
         def driver(c, final=False):
             return {"step": c, "next_chunk": c, "final": final, "rows": len(rows),
                     "prev_train": prev_train, "env_steps": min(c * L, n_iters) * E, "n_iters": n_iters,
                     "iters_per_chunk": L, "seeds": seeds, "config": cfg.to_dict()}
 
-        bar = runlog.Progress(cfg.total_env_steps, enabled=progress and jax.process_index() == 0, initial=min(start_chunk * L, n_iters) * E)
+        bar = runlog.Progress(cfg.total_env_steps, enabled=progress and jax.process_index() == 0,
+                              initial=min(start_chunk * L, n_iters) * E, every_s=progress_every_s)
         t_run = time.perf_counter()
         for c in range(start_chunk, n_chunks):
             if ckpt is not None and every_chunks and not (restored is not None and c == start_chunk) and (
