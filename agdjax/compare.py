@@ -49,6 +49,7 @@ def resolved_c(cfg: dict) -> float:
 
 
 def _finite(v) -> bool:
+    """A finite number (NaN rows and missing values are not)."""
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
@@ -97,10 +98,12 @@ def member_wm(run: dict) -> dict:
 
 # ---------------------------------------------------------------------------- grouping
 def _group_key(cfg: dict) -> tuple:
+    """Runs with equal keys are seeds of one group: the config with c in place of guide_scale."""
     return tuple(sorted((k, json.dumps(v)) for k, v in cfg.items() if k != "guide_scale"))
 
 
 def _base_label(cfg: dict) -> str:
+    """`sag c=4`, `none`, `sag c=4 ppo`, `ppo (model-free)`."""
     if cfg.get("model_free"):
         return f"{cfg.get('agent', '?')} (model-free)"
     guide = cfg.get("guide", "none")
@@ -245,6 +248,7 @@ def _ci(t) -> str:
 
 
 def _hms(seconds) -> str:
+    """h:mm:ss of a duration in seconds; "–" for None."""
     if seconds is None:
         return "–"
     s = int(round(seconds))
@@ -335,6 +339,7 @@ def compare(run_dirs, out_dir=None, steps=None, reps: int = 5000, seed: int = 0,
 
 
 def _parse_steps(text):
+    """--steps: comma-separated env steps -> [int]."""
     try:
         steps = [int(float(s)) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -345,6 +350,7 @@ def _parse_steps(text):
 
 
 def main(argv=None):
+    """The command line; returns the exit status (2: a RUN_DIR is not a run directory)."""
     p = argparse.ArgumentParser(prog="python -m agdjax.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (config.json, metrics.jsonl)")
     p.add_argument("--out", default=None, help="directory for compare.md/.png/.json (default: the first RUN_DIR)")

@@ -109,57 +109,69 @@ def read_config(run_dir):
 
 
 class RunWriter:
-    """Writes one run directory. Never overwrites an existing metrics file, except that a
-    resumed run (`keep_rows` = rows to keep) cuts metrics.jsonl back to its first `keep_rows`
-    rows, byte for byte, and continues after them."""
+    """Writes one run directory. A new run writes config.json at once; metrics.jsonl is never
+    overwritten, except by a resumed run (`keep_rows` = rows to keep): that one changes
+    nothing in the directory until its first new rows are written, and then replaces
+    metrics.jsonl whole (the first `keep_rows` rows byte for byte, then the new ones;
+    tmp file + os.replace) and config.json. TensorBoard files are opened with the first rows."""
 
     def __init__(self, logdir, cfg, seeds, keep_rows=None):
-        self.logdir = logdir
-        os.makedirs(logdir, exist_ok=True)
+        self.logdir, self.seeds = logdir, list(seeds)
+        self.config_text = json.dumps({"config": {**cfg.to_dict(), "c": cfg.c}, "seeds": self.seeds}, indent=2)
         self.metrics_path = os.path.join(logdir, "metrics.jsonl")
-        purge_step = None
+        self.purge_step, self._kept = None, None
         if keep_rows is None:
             if os.path.exists(self.metrics_path):
                 raise FileExistsError(f"{self.metrics_path} exists; resume the run or use a new logdir")
+            os.makedirs(logdir, exist_ok=True)
+            _atomic_write(os.path.join(logdir, "config.json"), self.config_text)
             self.rows = []
         else:
             lines = _complete_lines(self.metrics_path)
             if len(lines) < keep_rows:
                 raise ValueError(f"{self.metrics_path} holds {len(lines)} rows, fewer than the "
                                  f"{keep_rows} of the checkpoint")
-            lines = lines[:keep_rows]
-            _atomic_write(self.metrics_path, "".join(lines))
-            self.rows = [json.loads(line) for line in lines]
-            purge_step = (self.rows[-1]["env_steps"] + 1) if self.rows else 0
-        _atomic_write(os.path.join(logdir, "config.json"),
-                      json.dumps({"config": cfg.to_dict(), "seeds": list(seeds)}, indent=2))
+            self._kept = "".join(lines[:keep_rows])  # written with the first new rows
+            self.rows = [json.loads(line) for line in lines[:keep_rows]]
+            # hides events of a resumed run's replaced rows from TensorBoard
+            self.purge_step = (self.rows[-1]["env_steps"] + 1) if self.rows else 0
         self.label = f"{cfg.task} {cfg.guide}"
         self._tb = None
+
+    def _open_tb(self):
         try:
             from tensorboardX import SummaryWriter
-            # purge_step hides events of a resumed run's replaced rows from TensorBoard.
-            self._tb = {s: SummaryWriter(os.path.join(logdir, "tb", f"seed_{s}"), purge_step=purge_step)
-                        for s in seeds}
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
-            pass
+            return {}
+        return {s: SummaryWriter(os.path.join(self.logdir, "tb", f"seed_{s}"), purge_step=self.purge_step)
+                for s in self.seeds}
 
     def write_rows(self, rows):
-        with open(self.metrics_path, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Appends `rows` to metrics.jsonl (and TensorBoard, curve.png), durably (fsync)."""
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if self._kept is not None:  # a resumed run's first rows: switch over to the new files
+            _atomic_write(self.metrics_path, self._kept + text)
+            _atomic_write(os.path.join(self.logdir, "config.json"), self.config_text)
+            self._kept = None
+        else:
+            with open(self.metrics_path, "a") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
         self.rows.extend(rows)
-        if self._tb:
-            for r in rows:
-                tb = self._tb[r["seed"]]
-                for k, v in r.items():
-                    if k not in ("seed", "env_steps") and isinstance(v, float) and math.isfinite(v):
-                        tb.add_scalar(k, v, r["env_steps"])
+        if self._tb is None:
+            self._tb = self._open_tb()
+        for r in rows:
+            tb = self._tb.get(r["seed"])
+            for k, v in r.items():
+                if tb is not None and k not in ("seed", "env_steps") and isinstance(v, float) and math.isfinite(v):
+                    tb.add_scalar(k, v, r["env_steps"])
         if any("eval_return" in r for r in rows):
             plot_runs([(self.label, self.rows)], os.path.join(self.logdir, "curve.png"))
 
     def finish(self, summary):
+        if self._kept is not None:
+            self.write_rows([])
         _atomic_write(os.path.join(self.logdir, "summary.json"), json.dumps(summary, indent=2))
         self.close()
 
@@ -167,10 +179,11 @@ class RunWriter:
         if self._tb:
             for tb in self._tb.values():
                 tb.close()
-            self._tb = None
+        self._tb = None
 
 
 def _hms(seconds) -> str:
+    """hh:mm:ss of a duration in seconds."""
     if not math.isfinite(seconds):
         return "--:--:--"
     s = int(round(seconds))
@@ -200,6 +213,7 @@ class Progress:
         self.t_start = self.t_last = clock()
 
     def update(self, env_steps, sps, last_eval):
+        """After a chunk: env steps done (per seed), that chunk's env steps/s, last mean eval return."""
         if self.bar is not None:
             self.bar.update(env_steps - self.n)
             self.bar.set_postfix(sps=f"{sps:.0f}", eval=f"{last_eval:.1f}")

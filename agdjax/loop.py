@@ -320,7 +320,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         ckpt = ckpt_lib.Checkpointer(os.path.join(logdir, "checkpoints"), log_fn=log_fn)
     every_chunks = max(1, round(checkpoint_every / (L * E))) if checkpoint_every else None
 
-    restored = None
+    restored = stale_after = None
     t_prefill = 0.0
     if resume:
         t0 = time.perf_counter()
@@ -361,7 +361,9 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             except (OSError, ValueError):
                 summary = runlog.summarize(rows, seeds)
             return restored.state, rows, summary
-        ckpt.delete_after(restored.step if restored else -1)
+        # the checkpoints after the one continued from are removed only once the run has new
+        # rows (or before its first save): a resume killed before that leaves the run as it was
+        stale_after = restored.step if restored else -1
         t_prefill = time.perf_counter() - t0
 
     writer = None
@@ -399,6 +401,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         for c in range(start_chunk, n_chunks):
             if ckpt is not None and every_chunks and not (restored is not None and c == start_chunk) and (
                     (c > 0 and c % every_chunks == 0) or c == n_chunks - 1):
+                stale_after = _drop_stale(ckpt, stale_after)
                 ckpt.save(c, state, driver(c))
             t_c = time.perf_counter()
             state, metrics = chunk_c(state, jnp.int32(c * L))
@@ -427,11 +430,13 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             rows.extend(new_rows)
             if writer:
                 writer.write_rows(new_rows)
+            stale_after = _drop_stale(ckpt, stale_after)
             bar.update(min(n_iters, (c + 1) * L) * E, sps, _last_eval(rows))
             if c == _stop_after_chunk:
                 raise _Interrupted(f"test hook: stopped after chunk {c}")
         bar.close()
         t_total = time.perf_counter() - t_run
+        stale_after = _drop_stale(ckpt, stale_after)
         if ckpt is not None and every_chunks and start_chunk < n_chunks:
             ckpt.save(n_chunks, state, driver(n_chunks, final=True))
         steps_run = (n_iters - min(start_chunk * L, n_iters)) * E
@@ -449,6 +454,14 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             writer.close()
         if ckpt is not None:
             ckpt.close()
+
+
+def _drop_stale(ckpt, stale_after):
+    """Removes the checkpoints newer than step `stale_after` (those of the run before a resume
+    that the resumed run replaces); returns None, the new `stale_after` (nothing left to do)."""
+    if ckpt is not None and stale_after is not None:
+        ckpt.delete_after(stale_after)
+    return None
 
 
 def _check_finite(cfg, state, metrics, c, seeds, ckpt, log_fn):
