@@ -1,11 +1,16 @@
 """Run directory: config.json, metrics.jsonl, summary.json, TensorBoard events, curve.png;
-and the progress bar. Side effects only; called between compiled chunks."""
+progress (a bar on a terminal, plain lines otherwise); the console's third-party logging.
+Side effects only; called between compiled chunks."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging as pylogging
 import math
 import os
 import sys
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -104,57 +109,69 @@ def read_config(run_dir):
 
 
 class RunWriter:
-    """Writes one run directory. Never overwrites an existing metrics file, except that a
-    resumed run (`keep_rows` = rows to keep) cuts metrics.jsonl back to its first `keep_rows`
-    rows, byte for byte, and continues after them."""
+    """Writes one run directory. A new run writes config.json at once; metrics.jsonl is never
+    overwritten, except by a resumed run (`keep_rows` = rows to keep): that one changes
+    nothing in the directory until its first new rows are written, and then replaces
+    metrics.jsonl whole (the first `keep_rows` rows byte for byte, then the new ones;
+    tmp file + os.replace) and config.json. TensorBoard files are opened with the first rows."""
 
     def __init__(self, logdir, cfg, seeds, keep_rows=None):
-        self.logdir = logdir
-        os.makedirs(logdir, exist_ok=True)
+        self.logdir, self.seeds = logdir, list(seeds)
+        self.config_text = json.dumps({"config": {**cfg.to_dict(), "c": cfg.c}, "seeds": self.seeds}, indent=2)
         self.metrics_path = os.path.join(logdir, "metrics.jsonl")
-        purge_step = None
+        self.purge_step, self._kept = None, None
         if keep_rows is None:
             if os.path.exists(self.metrics_path):
                 raise FileExistsError(f"{self.metrics_path} exists; resume the run or use a new logdir")
+            os.makedirs(logdir, exist_ok=True)
+            _atomic_write(os.path.join(logdir, "config.json"), self.config_text)
             self.rows = []
         else:
             lines = _complete_lines(self.metrics_path)
             if len(lines) < keep_rows:
                 raise ValueError(f"{self.metrics_path} holds {len(lines)} rows, fewer than the "
                                  f"{keep_rows} of the checkpoint")
-            lines = lines[:keep_rows]
-            _atomic_write(self.metrics_path, "".join(lines))
-            self.rows = [json.loads(line) for line in lines]
-            purge_step = (self.rows[-1]["env_steps"] + 1) if self.rows else 0
-        _atomic_write(os.path.join(logdir, "config.json"),
-                      json.dumps({"config": cfg.to_dict(), "seeds": list(seeds)}, indent=2))
+            self._kept = "".join(lines[:keep_rows])  # written with the first new rows
+            self.rows = [json.loads(line) for line in lines[:keep_rows]]
+            # hides events of a resumed run's replaced rows from TensorBoard
+            self.purge_step = (self.rows[-1]["env_steps"] + 1) if self.rows else 0
         self.label = f"{cfg.task} {cfg.guide}"
         self._tb = None
+
+    def _open_tb(self):
         try:
             from tensorboardX import SummaryWriter
-            # purge_step hides events of a resumed run's replaced rows from TensorBoard.
-            self._tb = {s: SummaryWriter(os.path.join(logdir, "tb", f"seed_{s}"), purge_step=purge_step)
-                        for s in seeds}
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
-            pass
+            return {}
+        return {s: SummaryWriter(os.path.join(self.logdir, "tb", f"seed_{s}"), purge_step=self.purge_step)
+                for s in self.seeds}
 
     def write_rows(self, rows):
-        with open(self.metrics_path, "a") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """Appends `rows` to metrics.jsonl (and TensorBoard, curve.png), durably (fsync)."""
+        text = "".join(json.dumps(r) + "\n" for r in rows)
+        if self._kept is not None:  # a resumed run's first rows: switch over to the new files
+            _atomic_write(self.metrics_path, self._kept + text)
+            _atomic_write(os.path.join(self.logdir, "config.json"), self.config_text)
+            self._kept = None
+        else:
+            with open(self.metrics_path, "a") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
         self.rows.extend(rows)
-        if self._tb:
-            for r in rows:
-                tb = self._tb[r["seed"]]
-                for k, v in r.items():
-                    if k not in ("seed", "env_steps") and isinstance(v, float) and math.isfinite(v):
-                        tb.add_scalar(k, v, r["env_steps"])
+        if self._tb is None:
+            self._tb = self._open_tb()
+        for r in rows:
+            tb = self._tb.get(r["seed"])
+            for k, v in r.items():
+                if tb is not None and k not in ("seed", "env_steps") and isinstance(v, float) and math.isfinite(v):
+                    tb.add_scalar(k, v, r["env_steps"])
         if any("eval_return" in r for r in rows):
             plot_runs([(self.label, self.rows)], os.path.join(self.logdir, "curve.png"))
 
     def finish(self, summary):
+        if self._kept is not None:
+            self.write_rows([])
         _atomic_write(os.path.join(self.logdir, "summary.json"), json.dumps(summary, indent=2))
         self.close()
 
@@ -162,27 +179,121 @@ class RunWriter:
         if self._tb:
             for tb in self._tb.values():
                 tb.close()
-            self._tb = None
+        self._tb = None
+
+
+def _hms(seconds) -> str:
+    """hh:mm:ss of a duration in seconds."""
+    if not math.isfinite(seconds):
+        return "--:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class Progress:
-    """tqdm bar over env steps (per seed) with env steps/s and ETA."""
+    """Progress over env steps (per seed). On a terminal (stdout is a TTY): a tqdm bar with
+    env steps/s and ETA. Otherwise (a log file, a batch job): a plain line through `print_fn`
+    after a chunk when at least `every_s` seconds passed since the last line (so at most one
+    line per chunk), and one at the end (`close`):
+    `env steps X/Y (p%), Z env steps/s, eval return R (mean over seeds, last evaluation), ETA hh:mm:ss`
+    (env steps/s and ETA from the average rate since this progress started)."""
 
-    def __init__(self, total, enabled=True, initial=0):
-        self.enabled = enabled
+    def __init__(self, total, enabled=True, initial=0, every_s=30.0, tty=None, print_fn=None,
+                 clock=time.monotonic):
+        self.enabled, self.total, self.every_s, self.clock = enabled, total, every_s, clock
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.print_fn = print_fn or (lambda line: print(line, flush=True))
         self.bar = None
-        if enabled:
+        if enabled and self.tty:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, unit="step", file=sys.stderr,
                             dynamic_ncols=True, desc="env steps", mininterval=0)
-        self.n = initial
+        self.n = self.initial = initial
+        self.last_eval, self.unprinted = math.nan, False
+        self.t_start = self.t_last = clock()
 
     def update(self, env_steps, sps, last_eval):
+        """After a chunk: env steps done (per seed), that chunk's env steps/s, last mean eval return."""
         if self.bar is not None:
             self.bar.update(env_steps - self.n)
             self.bar.set_postfix(sps=f"{sps:.0f}", eval=f"{last_eval:.1f}")
-        self.n = env_steps
+        self.n, self.last_eval, self.unprinted = env_steps, last_eval, True
+        if self.enabled and not self.tty and self.clock() - self.t_last >= self.every_s:
+            self._print()
+
+    def _print(self):
+        self.t_last = self.clock()
+        self.unprinted = False
+        self.print_fn(self.line(self.t_last, self.last_eval))
+
+    def line(self, now, last_eval) -> str:
+        """The plain progress line at time `now`."""
+        rate = (self.n - self.initial) / (now - self.t_start) if now > self.t_start else math.nan
+        eta = (self.total - self.n) / rate if rate > 0 else (0.0 if self.n >= self.total else math.nan)
+        ev = f"{last_eval:.1f}" if math.isfinite(last_eval) else "n/a"
+        return (f"env steps {self.n:,}/{self.total:,} ({100 * self.n / max(self.total, 1):.0f}%), "
+                f"{rate:,.0f} env steps/s, eval return {ev} (mean over seeds, last evaluation), "
+                f"ETA {_hms(eta)}")
 
     def close(self):
+        """Ends the bar; without a terminal, prints the last state unless it was just printed."""
         if self.bar is not None:
             self.bar.close()
+        elif self.enabled and not self.tty and self.unprinted:
+            self._print()
+
+
+# ---------------------------------------------------------------------------- console logging
+LOG_LEVELS = {"warning": pylogging.WARNING, "info": pylogging.INFO, "debug": pylogging.DEBUG}
+# lines printed by mujoco.mjx at import when the optional NVIDIA Warp backend is not installed
+_WARP_LINES = ("Failed to import warp:", "Failed to import mujoco_warp:")
+# MuJoCo's deprecation notice for an attribute of Brax's own model files (halfcheetah.xml)
+_MUJOCO_WARNINGS_DROPPED = ("compiler attribute 'settotalmass' is deprecated",)
+
+
+class _DropLines(io.TextIOBase):
+    """A text stream that passes every line to `stream` but those starting with `prefixes`."""
+
+    def __init__(self, stream, prefixes):
+        self.stream, self.prefixes, self.buf = stream, prefixes, ""
+
+    def write(self, text):
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if not line.startswith(self.prefixes):
+                self.stream.write(line + "\n")
+        return len(text)
+
+    def flush(self):
+        if self.buf and not self.buf.startswith(self.prefixes):
+            self.stream.write(self.buf)
+        self.buf = ""
+        self.stream.flush()
+
+
+def _mujoco_warning(msg):
+    """MuJoCo's warning handler: as MuJoCo's own (a line on stderr), less the notices of
+    `_MUJOCO_WARNINGS_DROPPED`."""
+    if not any(m in msg for m in _MUJOCO_WARNINGS_DROPPED):
+        print(f"WARNING: {msg}", file=sys.stderr, flush=True)
+
+
+def set_console_logging(level: str = "warning"):
+    """Console logging of third-party libraries. `level` ("warning", "info", "debug"): absl's
+    verbosity and the Python loggers of orbax and etils (Orbax logs every checkpoint step at
+    INFO). At "warning" also: the "Failed to import warp" lines that `import mujoco.mjx`
+    prints and MuJoCo's 'settotalmass' deprecation notice are dropped; every other warning
+    and error still shows."""
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(level)
+    for name in ("orbax", "etils"):
+        pylogging.getLogger(name).setLevel(LOG_LEVELS[level])
+    if level != "warning":
+        return
+    import mujoco
+    mujoco.set_mju_user_warning(_mujoco_warning)
+    if "mujoco.mjx" not in sys.modules:
+        with contextlib.redirect_stdout(_DropLines(sys.stdout, _WARP_LINES)) as out:
+            import mujoco.mjx  # noqa: F401
+            out.flush()

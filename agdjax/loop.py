@@ -136,6 +136,18 @@ def _compiled(cfg: Config, n_seeds: int) -> _Compiled:
     return _Compiled(cfg, n_seeds)
 
 
+def compile_message(cfg: Config, n_seeds: int) -> str:
+    """The line printed before compiling: what, and where the result is kept for later runs."""
+    what = (f"compiling the training program ({cfg.task}, {cfg.backend} backend, "
+            f"{'model-free ' + cfg.agent if cfg.model_free else 'guide ' + cfg.guide}, "
+            f"{cfg.preset} preset, {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+    cache = jax.config.jax_compilation_cache_dir
+    if cache:
+        return (f"{what}; XLA's output is cached in {cache}, so the next run with the same "
+                f"configuration only traces the program")
+    return f"{what}; no persistent compilation cache is set (JAX_COMPILATION_CACHE_DIR)"
+
+
 # ---------------------------------------------------------------------------- resume checks
 def resume_mismatch(saved_config: dict, saved_seeds, cfg: Config, seeds) -> str | None:
     """Why a run saved with (saved_config, saved_seeds) cannot continue as (cfg, seeds); None
@@ -255,7 +267,7 @@ def _inject_nan(cfg, state, metrics, chunk_first_iter, target):
 
 # ---------------------------------------------------------------------------- the run
 def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, log_fn=print,
-        checkpoint_every: int | None = None, resume: bool = False, *,
+        checkpoint_every: int | None = None, resume: bool = False, progress_every_s: float = 30.0, *,
         _inject_nan_at_chunk: int | None = None, _inject_nan_into: str = "diffusion_loss",
         _stop_after_chunk: int | None = None):
     """Trains every seed in `seeds` (list of ints) for cfg.total_env_steps.
@@ -264,6 +276,8 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
     checkpoint_every: env steps between Orbax checkpoints in <logdir>/checkpoints (rounded to
       whole chunks, at least one); None: no checkpoints. The state before the last chunk and
       the final state are always saved when checkpointing. The last 3 are kept.
+    progress: show progress (runlog.Progress: a bar on a terminal, else a plain line at most
+      every `progress_every_s` seconds).
     resume: continue the run in `logdir` from its newest valid checkpoint (from the start if
       there is none); metrics.jsonl is cut back to the checkpoint's rows, so the finished
       file equals that of a run that never stopped. cfg may differ from the run's only in a
@@ -295,6 +309,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         if os.path.isdir(ck_dir) and os.listdir(ck_dir):
             raise FileExistsError(f"{ck_dir} already holds checkpoints; resume the run or use a new logdir")
 
+    log_fn(compile_message(cfg, len(seeds)))
     t0 = time.perf_counter()
     compiled = _compiled(cfg, len(seeds))
     abstract = compiled.abstract
@@ -305,7 +320,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         ckpt = ckpt_lib.Checkpointer(os.path.join(logdir, "checkpoints"), log_fn=log_fn)
     every_chunks = max(1, round(checkpoint_every / (L * E))) if checkpoint_every else None
 
-    restored = None
+    restored = stale_after = None
     t_prefill = 0.0
     if resume:
         t0 = time.perf_counter()
@@ -346,7 +361,9 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             except (OSError, ValueError):
                 summary = runlog.summarize(rows, seeds)
             return restored.state, rows, summary
-        ckpt.delete_after(restored.step if restored else -1)
+        # the checkpoints after the one continued from are removed only once the run has new
+        # rows (or before its first save): a resume killed before that leaves the run as it was
+        stale_after = restored.step if restored else -1
         t_prefill = time.perf_counter() - t0
 
     writer = None
@@ -371,17 +388,20 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             t0 = time.perf_counter()
             chunk_c = compiled.chunk()
             t_compile += time.perf_counter() - t0
+        log_fn(f"compiled in {t_compile:.1f} s")
 
         def driver(c, final=False):
             return {"step": c, "next_chunk": c, "final": final, "rows": len(rows),
                     "prev_train": prev_train, "env_steps": min(c * L, n_iters) * E, "n_iters": n_iters,
                     "iters_per_chunk": L, "seeds": seeds, "config": cfg.to_dict()}
 
-        bar = runlog.Progress(cfg.total_env_steps, enabled=progress and jax.process_index() == 0, initial=min(start_chunk * L, n_iters) * E)
+        bar = runlog.Progress(cfg.total_env_steps, enabled=progress and jax.process_index() == 0,
+                              initial=min(start_chunk * L, n_iters) * E, every_s=progress_every_s)
         t_run = time.perf_counter()
         for c in range(start_chunk, n_chunks):
             if ckpt is not None and every_chunks and not (restored is not None and c == start_chunk) and (
                     (c > 0 and c % every_chunks == 0) or c == n_chunks - 1):
+                stale_after = _drop_stale(ckpt, stale_after)
                 ckpt.save(c, state, driver(c))
             t_c = time.perf_counter()
             state, metrics = chunk_c(state, jnp.int32(c * L))
@@ -411,11 +431,13 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             rows.extend(new_rows)
             if writer:
                 writer.write_rows(new_rows)
+            stale_after = _drop_stale(ckpt, stale_after)
             bar.update(min(n_iters, (c + 1) * L) * E, sps, _last_eval(rows))
             if c == _stop_after_chunk:
                 raise _Interrupted(f"test hook: stopped after chunk {c}")
         bar.close()
         t_total = time.perf_counter() - t_run
+        stale_after = _drop_stale(ckpt, stale_after)
         if ckpt is not None and every_chunks and start_chunk < n_chunks:
             ckpt.save(n_chunks, state, driver(n_chunks, final=True))
         steps_run = (n_iters - min(start_chunk * L, n_iters)) * E
@@ -433,6 +455,14 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             writer.close()
         if ckpt is not None:
             ckpt.close()
+
+
+def _drop_stale(ckpt, stale_after):
+    """Removes the checkpoints newer than step `stale_after` (those of the run before a resume
+    that the resumed run replaces); returns None, the new `stale_after` (nothing left to do)."""
+    if ckpt is not None and stale_after is not None:
+        ckpt.delete_after(stale_after)
+    return None
 
 
 def _check_finite(cfg, state, metrics, c, seeds, ckpt, log_fn):

@@ -39,7 +39,13 @@ flags.DEFINE_integer("checkpoint_every", None,
                      "preset's eval_every)")
 flags.DEFINE_bool("resume", False, "continue the run in --logdir from its newest valid checkpoint, "
                                    "to --total_env_steps")
-flags.DEFINE_bool("progress", True, "show a progress bar")
+flags.DEFINE_bool("progress", True, "show progress: a bar on a terminal; when stdout is not a "
+                  "terminal, a plain line every --progress_every_s seconds (at most one per chunk)")
+flags.DEFINE_float("progress_every_s", 30.0, "seconds between plain progress lines when stdout is "
+                   "not a terminal")
+flags.DEFINE_enum("log_level", "warning", ["warning", "info", "debug"],
+                  "console logging of Orbax, absl and other libraries (warnings and errors always "
+                  "show; info brings back Orbax's per-checkpoint lines)")
 flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser: float32 or bfloat16 "
                     "(fp32 weights, accumulation and loss; default: the preset's, float32)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "
@@ -172,11 +178,17 @@ def _backend() -> str:
 
 
 def _parse_flags(argv):
-    """absl flag parsing with one-line errors (exit 2) instead of absl's usage dump."""
+    """absl flag parsing with one-line errors (exit 2) instead of absl's usage dump; --help
+    (absl exits with status 1 after printing it) exits with status 0."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
         fail(f"{e}; see --helpfull for the flags")
+    except SystemExit as e:
+        if e.code == 1 and any(a.split("=")[0] in ("--help", "-help", "-h", "-?", "--helpfull", "--helpshort")
+                               for a in argv[1:]):
+            sys.exit(0)
+        raise
 
 
 def main_for(task: str | None):
@@ -199,6 +211,8 @@ def main_for(task: str | None):
                 fail(f"--{name}={v} must be a positive integer")
         if FLAGS.seed < 0:
             fail(f"--seed={FLAGS.seed} must be >= 0")
+        if not FLAGS.progress_every_s >= 0:
+            fail(f"--progress_every_s={FLAGS.progress_every_s} must be >= 0")
         saved = None
         if FLAGS.resume:
             if not FLAGS.logdir:
@@ -239,6 +253,8 @@ def main_for(task: str | None):
         elif _holds_run(logdir):
             fail(f"--logdir={logdir} already holds a run; choose a new directory or pass --resume")
         check_logdir_writable(logdir)
+        from agdjax import logging as runlog
+        runlog.set_console_logging(FLAGS.log_level)
 
         print(f"agdjax: preset={cfg.preset} device={platform} ({jax.devices()[0].device_kind}) "
               f"task={chosen} backend={cfg.backend} guide={cfg.guide} agent={cfg.agent} "
@@ -247,7 +263,8 @@ def main_for(task: str | None):
         from agdjax import loop
         try:
             _, _, summary = loop.run(cfg, seeds, logdir, progress=FLAGS.progress,
-                                     checkpoint_every=checkpoint_every, resume=saved is not None)
+                                     checkpoint_every=checkpoint_every, resume=saved is not None,
+                                     progress_every_s=FLAGS.progress_every_s)
         except loop.NonFiniteError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

@@ -103,6 +103,51 @@ def test_resume_finished_run_to_larger_budget(full_run, tmp_path):
     assert json.load(open(tmp_path / "config.json"))["config"]["total_env_steps"] == N
 
 
+_RESUME_KILL_SCRIPT = r"""
+import os, signal, sys
+from agdjax import logging as runlog, loop
+from agdjax.config import make_config
+run_dir, sig, total = sys.argv[1], getattr(signal, sys.argv[2]), int(sys.argv[3])
+def die(self, rows):  # the resumed run's first new rows are ready: killed just before writing them
+    os.kill(os.getpid(), sig)
+runlog.RunWriter.write_rows = die
+cfg = make_config("halfcheetah", "smoke", guide="sag", backend="positional", total_env_steps=total)
+loop.run(cfg, [0], run_dir, progress=False, checkpoint_every=32, resume=True)
+print("not killed")
+"""
+
+
+def files_of(d):
+    return {os.path.relpath(p, d): open(p, "rb").read() for p in map(str, d.rglob("*")) if os.path.isfile(p)}
+
+
+@pytest.mark.parametrize("sig", ["SIGKILL", "SIGTERM"])
+def test_resume_killed_before_its_first_chunk_changes_nothing(full_run, tmp_path, sig):
+    """A finished run resumed to a larger budget and killed after compiling, restoring and
+    computing its first chunk, before writing it: every file of the run is there, byte for
+    byte (checkpoints, metrics.jsonl, config.json, summary.json, TensorBoard), and nothing
+    was added; resuming it again ends as the run that never stopped."""
+    d_full, state_full, _ = full_run
+    run = tmp_path / "run"
+    loop.run(cfg_for(N // 2), [0], str(run), progress=False, checkpoint_every=32)
+    saved = json.load(open(run / "config.json"))["config"]
+    assert saved["c"] == 4.0 and saved["guide_scale"] is None  # the resolved sag scale
+    before = files_of(run)
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PLATFORMS="cpu")
+    p = subprocess.run([sys.executable, "-c", _RESUME_KILL_SCRIPT, str(run), sig, str(N)], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == -getattr(signal, sig), p.stderr[-3000:]
+    assert "from checkpoint step 2" in p.stdout
+    after = files_of(run)
+    assert sorted(after) == sorted(before)
+    assert [k for k in before if after[k] != before[k]] == []
+    state, _, _ = loop.run(cfg_for(N), [0], str(run), progress=False, checkpoint_every=32, resume=True)
+    assert metric_lines(run) == metric_lines(d_full)
+    assert ckpt_lib.trees_equal(state, state_full)
+    assert json.load(open(run / "config.json"))["config"]["total_env_steps"] == N
+
+
 def test_resume_refuses_other_config(full_run, tmp_path):
     d_full, _, _ = full_run
     shutil.copytree(d_full, tmp_path / "run")
