@@ -25,7 +25,7 @@ from agdjax.wm_error import WM_METRICS, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
-           "critic_explained_variance", "guide_step_ratio")
+           "critic_explained_variance", "guide_step_ratio", "action_z_std")
 EVAL_METRICS = ("eval_return",) + WM_METRICS  # computed by the evaluation phase, logged at its env step
 
 
@@ -260,10 +260,11 @@ def make_train(cfg: Config) -> Program:
         adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
         agent, m = LEARNERS[cfg.agent].update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
         m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
-        log_delta = delta_update(state.log_delta, action_z_std(im.action, im.policy_mean, im.policy_std),
-                                 cfg.lr_delta)
+        z_std = action_z_std(im.action, im.policy_mean, im.policy_std)
+        log_delta = delta_update(state.log_delta, z_std, cfg.lr_delta)
         m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta),
-                 policy_std=im.policy_std[:, :-1].mean(), guide_step_ratio=im.guide_step_ratio)
+                 policy_std=im.policy_std[:, :-1].mean(), guide_step_ratio=im.guide_step_ratio,
+                 action_z_std=z_std)
         return state.replace(agent=agent, log_delta=log_delta), m
 
     # ------------------------------------------------------------------ one iteration
@@ -313,7 +314,8 @@ def make_train(cfg: Config) -> Program:
 
 
 _AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "kl", "imagined_advantage",
-                  "action_guidance_scale", "policy_std", "critic_explained_variance", "guide_step_ratio")
+                  "action_guidance_scale", "policy_std", "critic_explained_variance", "guide_step_ratio",
+                  "action_z_std")
 LEARNERS = {"a2c": a2c, "ppo": ppo, "trpo": trpo}  # imagination learners, same update interface
 
 
