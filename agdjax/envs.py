@@ -15,6 +15,17 @@ import jax
 import jax.numpy as jnp
 
 
+# The action rule (DESIGN §1; PolyGRAD / AGD-MBRL reference): the environment is given the
+# policy's raw sample. MuJoCo (every Brax backend) clamps it to the actuators' control range
+# [-1, 1] in the physics, and the task's control cost is charged on the raw action. The replay
+# stores that raw action, so the world model is trained, and queried in imagination, on the
+# actions the policy produces. Clipping before the environment instead (the other consistent
+# rule) makes the control cost a few percent of the reward variance: the diffusion model then
+# learned ~1/4 of its dependence on the action, and A2C drove the policy mean to saturation
+# (docs/RESULTS.md, 'Why the agent did not learn').
+ACTION_RULE = "raw"
+
+
 class EnvCarry(NamedTuple):
     """Per-environment state carried through the training scan."""
     state: object  # brax.envs.State (pipeline_state, obs, ...)
@@ -59,12 +70,13 @@ def step(env, carry: EnvCarry, action: jax.Array, episode_length: int):
     """Steps one environment and resets it where the episode ended.
 
     Args:
-      env: a Brax env.  carry: EnvCarry.  action: [act_dim], clipped to [-1, 1] here.
+      env: a Brax env.  carry: EnvCarry.  action: [act_dim], the policy's raw sample: the
+        simulator clamps it to its control range and the task's control cost is charged on
+        it as given, as in the reference's gym environments (see `ACTION_RULE`).
       episode_length: time limit (steps).
     Returns:
       (new EnvCarry, Transition).
     """
-    action = jnp.clip(action, -1.0, 1.0)
     nxt = env.step(carry.state, action)
     t = carry.t + 1
     terminal = nxt.done.astype(jnp.float32)
@@ -87,7 +99,6 @@ def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int):
     Args: carry: EnvCarry [n_envs, ...]; actions [n_envs, act_dim]. Returns (EnvCarry,
     Transition), leaves [n_envs, ...].
     """
-    actions = jnp.clip(actions, -1.0, 1.0)
     nxt = jax.vmap(env.step)(carry.state, actions)
     t = carry.t + 1
     terminal = nxt.done.astype(jnp.float32)
@@ -119,7 +130,7 @@ def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: in
     def body(c, _):
         env_carry, ret, alive = c
         action = policy_fn(env_carry.state.obs)
-        nxt = jax.vmap(env.step)(env_carry.state, jnp.clip(action, -1.0, 1.0))
+        nxt = jax.vmap(env.step)(env_carry.state, action)
         ret = ret + alive * nxt.reward
         alive = alive * (1.0 - nxt.done)
         return (env_carry._replace(state=nxt), ret, alive), None
@@ -164,7 +175,7 @@ def rollout(env, template, physics, obs, policy, xs):
     `xs`.
 
     physics [B, n_phys], obs [B, obs_dim] (raw); policy(x, obs [B, obs_dim]) -> actions
-    [B, act_dim] (raw; clipped to [-1, 1] before the simulator, as in `step`), with x the
+    [B, act_dim] (raw, given to the simulator as in `step`), with x the
     step's entry of `xs` (a PRNG key for the current policy, or the actions [B, act_dim]
     themselves for an open-loop replay). Returns (obs [B, n+1, obs_dim] starting with `obs`,
     actions [B, n, act_dim] as the policy returned them, reward [B, n], terminal [B, n]),
@@ -175,7 +186,7 @@ def rollout(env, template, physics, obs, policy, xs):
 
     def body(s, x):
         a = policy(x, s.obs)
-        nxt = jax.vmap(env.step)(s, jnp.clip(a, -1.0, 1.0))
+        nxt = jax.vmap(env.step)(s, a)
         return nxt, (nxt.obs, a, nxt.reward, nxt.done.astype(jnp.float32))
 
     _, (o, a, r, d) = jax.lax.scan(body, state, xs)

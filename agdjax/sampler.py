@@ -3,8 +3,10 @@
 Reads like DESIGN §1 'Policy-guided reverse sampling' and 'Advantage guidance'. For
 t = T-1 … 0 (at t = 0 the posterior std is ~1e-10, so noise and the state guide vanish, and
 the action step is switched off explicitly):
-  1. x0_hat = f(x_t, sqrt(alpha_bar_t) a_env, t); re-impose s_0. a_env is a_t clipped to the
-     environment's action range in raw units (the world model is trained on such actions)
+  1. x0_hat = f(x_t, sqrt(alpha_bar_t) a_env, t); re-impose s_0. a_env is the action in the
+     form the replay stores (the world model is trained on it): the raw action in the training
+     program (envs.ACTION_RULE), or a_t clipped to [-action_bound, action_bound] for an
+     environment that stores clipped actions
   2. posterior mean mu_t and std sigma_t of q(x_{t-1} | x_t, x0_hat)
   3. actions: clip to mu_pi ± 3 sigma_pi at s_hat, ascent step delta * grad log pi, noise
      (log pi of the policy's own, unclipped action)
@@ -14,7 +16,7 @@ the action step is switched off explicitly):
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import chex
 import jax
@@ -57,14 +59,20 @@ class Guidance(NamedTuple):
     clip_sigmas: float = 3.0
     clamp_last_steps: int = 10
     clamp_value: float = 0.25
-    action_bound: float = 1.0
+    action_bound: Optional[float] = 1.0
     action_guidance: bool = True
 
 
-def env_actions(norm, a_norm, action_bound: float):
-    """Normalised actions [..., A] -> (raw actions clipped to [-action_bound, action_bound],
+def _within(a_raw, action_bound):
+    """a_raw clipped to [-action_bound, action_bound]; unchanged when action_bound is None."""
+    return a_raw if action_bound is None else jnp.clip(a_raw, -action_bound, action_bound)
+
+
+def env_actions(norm, a_norm, action_bound):
+    """Normalised actions [..., A] -> (raw actions clipped to [-action_bound, action_bound]
+    (not clipped when action_bound is None),
     the same re-normalised): what the environment would have executed and stored."""
-    a_raw = jnp.clip(norm.action.unnormalize(a_norm), -action_bound, action_bound)
+    a_raw = _within(norm.action.unnormalize(a_norm), action_bound)
     return a_raw, norm.action.normalize(a_raw)
 
 
@@ -94,7 +102,7 @@ def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidan
     ratio = jnp.float32(0.0)
     if g.guide != "none":
         grad = state_guide_gradient(g.guide, x0_hat[..., :obs_dim], x0_hat[..., -2], x0_hat[..., -1],
-                                    jnp.clip(a_raw, -g.action_bound, g.action_bound), norm.obs,
+                                    _within(a_raw, g.action_bound), norm.obs,
                                     norm.reward, fns.value, fns.reward, g.gamma)
         step = g.guide_scale * sigma**4 * grad
         ratio = jnp.linalg.norm(step) / jnp.maximum(jnp.linalg.norm(x0_hat[..., :obs_dim]), 1e-12)
@@ -110,12 +118,13 @@ def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidan
 def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, delta,
            guide: str, guide_scale: float, gamma: float, act_dim: int, horizon: int,
            clip_sigmas: float = 3.0, clamp_last_steps: int = 10, clamp_value: float = 0.25,
-           action_bound: float = 1.0, action_guidance: bool = True) -> Imagined:
+           action_bound: Optional[float] = 1.0, action_guidance: bool = True) -> Imagined:
     """Generates trajectories from start states s0_raw [B, obs_dim] (raw units).
 
     `delta`: action-guidance scale (scalar). `guide` in none/sag/eag/reward with scale c =
     `guide_scale`. `clamp_last_steps`: mu_t - x_t is clamped to ±clamp_value for t <= this
-    (-1: never). `action_bound`: the environment's action range [-bound, bound] in raw units,
+    (-1: never). `action_bound`: the action range [-bound, bound] in raw units the replay
+    stores (None: the raw action, as the training program does),
     which the denoiser and the reward model see. `action_guidance=False` disables the policy
     step (for tests/ablations).
     """

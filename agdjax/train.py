@@ -221,7 +221,7 @@ def make_train(cfg: Config) -> Program:
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                       clamp_value=cfg.clamp_value, horizon=cfg.horizon,
-                      action_bound=1.0)  # envs.step clips actions to [-1, 1]; the replay stores that
+                      action_bound=None)  # the replay stores the raw sample (envs.ACTION_RULE)
 
     def oracle_imagine(state: TrainState, key, s0, physics):
         """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the

@@ -1,7 +1,6 @@
 """The simulator state in the replay, restoring it, the world-model error against the
 simulator (known answers; logged with each evaluation; the `agdjax.wm_error` command) and
 oracle imagination (the learner's data straight from the simulator)."""
-import functools
 import json
 import math
 
@@ -98,8 +97,8 @@ def test_oracle_imagination_trains_on_the_simulator(smoke_oracle):
     s0, phys = rb.sample_starts(one.replay, k_s, cfg.agent_batch)
     np.testing.assert_allclose(np.asarray(s0), np.asarray(im.obs[:, 0]))
     template = jax.tree.map(lambda x: x[0], one.env.state)
-    o, _, r, _ = jax.jit(functools.partial(envs.rollout, env, template))(
-        phys, s0, lambda a, _: a, jnp.swapaxes(im.action[:, :1], 0, 1))
+    replay_open_loop = jax.jit(lambda p, o, a: envs.rollout(env, template, p, o, lambda x, _: x, a))
+    o, _, r, _ = replay_open_loop(phys, s0, jnp.swapaxes(im.action[:, :1], 0, 1))
     np.testing.assert_allclose(np.asarray(o[:, 1]), np.asarray(im.obs[:, 1]), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(r[:, 0]), np.asarray(im.reward[:, 0]), rtol=1e-4, atol=1e-4)
 
