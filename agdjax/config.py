@@ -70,6 +70,7 @@ class Config:
     ema_decay: float = 0.99
     ema_every: int = 10
     ema_start: int = 2000
+    scale_action_input: bool = True  # denoiser sees sqrt(alpha_bar_t) * a (reference) or a
     clamp_fraction: float = 11 / 128  # clamp mu_t - x_t over this last fraction of the reverse steps
     clamp_ref: float = 0.25  # bound of |mu_t - x_t| at REF_DIFFUSION_STEPS steps; see clamp_value
     reward_model_hidden: int = 256

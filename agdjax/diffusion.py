@@ -67,12 +67,17 @@ def inpaint(x, s0):
     return x.at[:, 0, : s0.shape[-1]].set(s0)
 
 
-def scaled_actions(sched: Schedule, actions, t):
-    """Actions enter the denoiser as sqrt(alpha_bar_t) * a (no noise). actions [B, H, A]."""
+def scaled_actions(sched: Schedule, actions, t, scale: bool = True):
+    """The actions as the denoiser sees them: sqrt(alpha_bar_t) * a (no noise; the reference's
+    `q_sample(a, t, noise=0)`) when `scale`, else a itself. actions [B, H, A], t int [B].
+    Unscaled, the conditioning keeps its full size at high noise levels, where the
+    trajectory's rewards and states are first laid down (docs/RESULTS.md)."""
+    if not scale:
+        return actions
     return jnp.sqrt(sched.alpha_bar[t])[:, None, None] * actions
 
 
-def x0_loss(denoise_fn, sched: Schedule, x0, actions, key, obs_dim: int):
+def x0_loss(denoise_fn, sched: Schedule, x0, actions, key, obs_dim: int, scale_actions: bool = True):
     """Mean squared error of x0 prediction over all entries except s_0.
 
     denoise_fn(x_t, scaled_actions, t) -> x0_hat. x0 [B, H, D] normalised, actions [B, H, A]
@@ -83,6 +88,6 @@ def x0_loss(denoise_fn, sched: Schedule, x0, actions, key, obs_dim: int):
     t = jax.random.randint(k_t, (b,), 0, sched.betas.shape[0])
     s0 = x0[:, 0, :obs_dim]
     x_t = inpaint(q_sample(sched, x0, t, jax.random.normal(k_eps, x0.shape)), s0)
-    x0_hat = inpaint(denoise_fn(x_t, scaled_actions(sched, actions, t), t), s0)
+    x0_hat = inpaint(denoise_fn(x_t, scaled_actions(sched, actions, t, scale_actions), t), s0)
     mask = jnp.ones(x0.shape[1:]).at[0, :obs_dim].set(0.0)
     return (((x0_hat - x0) ** 2) * mask).sum() / (mask.sum() * b)

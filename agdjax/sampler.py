@@ -61,6 +61,7 @@ class Guidance(NamedTuple):
     clamp_value: float = 0.25
     action_bound: Optional[float] = 1.0
     action_guidance: bool = True
+    scale_actions: bool = True
 
 
 def _within(a_raw, action_bound):
@@ -90,7 +91,7 @@ def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidan
     k_a, k_x = jax.random.split(key)
     # 1-2: predict x0 from the environment-range actions, posterior
     a_env = env_actions(norm, a_t, g.action_bound)[1]
-    x0_hat = diffusion.inpaint(fns.denoise(x_t, diffusion.scaled_actions(sched, a_env, t), t), s0)
+    x0_hat = diffusion.inpaint(fns.denoise(x_t, diffusion.scaled_actions(sched, a_env, t, g.scale_actions), t), s0)
     mu, sigma = diffusion.posterior(sched, x0_hat, x_t, t)
     # 3: policy guidance on actions (raw units) at the predicted clean states, then noise
     s_hat_raw = norm.obs.unnormalize(x0_hat[..., :obs_dim])
@@ -118,7 +119,8 @@ def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidan
 def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, delta,
            guide: str, guide_scale: float, gamma: float, act_dim: int, horizon: int,
            clip_sigmas: float = 3.0, clamp_last_steps: int = 10, clamp_value: float = 0.25,
-           action_bound: Optional[float] = 1.0, action_guidance: bool = True) -> Imagined:
+           action_bound: Optional[float] = 1.0, action_guidance: bool = True,
+           scale_actions: bool = True) -> Imagined:
     """Generates trajectories from start states s0_raw [B, obs_dim] (raw units).
 
     `delta`: action-guidance scale (scalar). `guide` in none/sag/eag/reward with scale c =
@@ -126,13 +128,14 @@ def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, del
     (-1: never). `action_bound`: the action range [-bound, bound] in raw units the replay
     stores (None: the raw action, as the training program does),
     which the denoiser and the reward model see. `action_guidance=False` disables the policy
-    step (for tests/ablations).
+    step (for tests/ablations). `scale_actions`: the denoiser sees sqrt(alpha_bar_t) * a (as
+    in training; `diffusion.scaled_actions`).
     """
     b, obs_dim = s0_raw.shape
     n_steps = sched.betas.shape[0]
     s0 = norm.obs.normalize(s0_raw)
     g = Guidance(delta, guide, guide_scale, gamma, clip_sigmas, clamp_last_steps, clamp_value,
-                 action_bound, action_guidance)
+                 action_bound, action_guidance, scale_actions)
     k_x, k_a, k_loop = jax.random.split(key, 3)
     x = diffusion.inpaint(jax.random.normal(k_x, (b, horizon, obs_dim + 2)), s0)
     a = jax.random.normal(k_a, (b, horizon, act_dim))

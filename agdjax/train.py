@@ -182,7 +182,7 @@ def make_train(cfg: Config) -> Program:
 
         def loss_fn(p):
             denoise = lambda x, a, t: mods.denoiser.apply(p, x, a, t)
-            return diffusion.x0_loss(denoise, sched, x0, actions, k_loss, obs_dim)
+            return diffusion.x0_loss(denoise, sched, x0, actions, k_loss, obs_dim, cfg.scale_action_input)
 
         loss, grad = jax.value_and_grad(loss_fn)(state.denoiser)
         upd, opt = denoiser_tx.update(grad, state.denoiser_opt, state.denoiser)
@@ -221,7 +221,8 @@ def make_train(cfg: Config) -> Program:
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                       clamp_value=cfg.clamp_value, horizon=cfg.horizon,
-                      action_bound=None)  # the replay stores the raw sample (envs.ACTION_RULE)
+                      action_bound=None,  # the replay stores the raw sample (envs.ACTION_RULE)
+                      scale_actions=cfg.scale_action_input)
 
     def oracle_imagine(state: TrainState, key, s0, physics):
         """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the

@@ -137,3 +137,15 @@ def test_perfect_denoiser_recovers_x0_at_each_presets_T(preset):
     want = np.asarray(x0[..., :-1])
     assert cfg.clamp_last_steps >= 0 or cfg.n_diffusion_steps < 12  # the clamp is on except at tiny T
     np.testing.assert_allclose(out, want, atol=1e-4)
+
+
+def test_action_input_scaling_option():
+    """scale=True: sqrt(alpha_bar_t) * a (the reference); scale=False: a unchanged."""
+    sched = diffusion.cosine_schedule(16, 1.0)
+    a = jnp.ones((2, 3, 2))
+    t = jnp.array([0, 15])
+    scaled = np.asarray(diffusion.scaled_actions(sched, a, t))
+    np.testing.assert_allclose(scaled[0], np.sqrt(float(sched.alpha_bar[0])), rtol=1e-6)
+    np.testing.assert_allclose(scaled[1], np.sqrt(float(sched.alpha_bar[15])), rtol=1e-6)
+    assert scaled[1].max() < 0.1  # at the highest noise level the reference's input is nearly gone
+    np.testing.assert_array_equal(np.asarray(diffusion.scaled_actions(sched, a, t, scale=False)), np.asarray(a))

@@ -31,3 +31,18 @@ def test_step_batch_equals_vmapped_step_with_resets():
     c = jax.jit(jax.vmap(functools.partial(_rollout, batch), in_axes=(0, None)))(carries, actions)
     for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y)[1], rtol=1e-5, atol=1e-5)
+
+
+def test_environment_gets_the_raw_action_and_the_physics_clamps_it():
+    """envs.ACTION_RULE: the transition stores the raw sample; the simulator clamps it to the
+    control range (same next observation as the clipped action) while the control cost is
+    charged on the raw action (lower reward)."""
+    env = envs.make_env("halfcheetah", "positional")
+    carry = envs.reset(env, jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(envs.step, env, episode_length=1000))
+    big = jnp.full((env.action_size,), 2.5)
+    (_, tr_big), (_, tr_one) = step(carry, big), step(carry, jnp.ones(env.action_size))
+    np.testing.assert_allclose(np.asarray(tr_big.action), np.asarray(big))
+    np.testing.assert_allclose(np.asarray(tr_big.next_obs), np.asarray(tr_one.next_obs), atol=1e-6)
+    ctrl = 0.1 * env.action_size * (2.5**2 - 1.0)  # Brax halfcheetah: ctrl_cost_weight 0.1
+    np.testing.assert_allclose(float(tr_one.reward - tr_big.reward), ctrl, rtol=1e-4)

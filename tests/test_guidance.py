@@ -320,9 +320,9 @@ def test_sample_is_the_scan_of_reverse_steps():
     np.testing.assert_allclose(float(im.guide_step_ratio), np.mean(ratios[:-1]), rtol=1e-5)
 
 
-def test_world_model_sees_only_environment_range_actions():
-    """The denoiser and the reward model get actions in [-1, 1] (raw) at every step even when
-    the policy's mean is 3; the learner's Imagined.action is the policy's own action."""
+def _recorded_model_actions(action_bound):
+    """(raw actions the denoiser saw at each step, actions the reward model saw, Imagined) for a
+    policy whose mean (3.0) lies outside [-1, 1]."""
     sched, norm = diffusion.cosine_schedule(T, 1.0), real_norm()
     seen, seen_r = [], []
 
@@ -338,15 +338,34 @@ def test_world_model_sees_only_environment_range_actions():
     fns = SamplerFns(denoise, far_actor, critic, reward_fn)
     s0_raw = norm.obs.unnormalize(step_inputs()[0])
     im = sample(fns, sched, norm, s0_raw, jax.random.PRNGKey(0), delta=0.3, guide="reward", guide_scale=1.0,
-                gamma=GAMMA, act_dim=ACT, horizon=H)
+                gamma=GAMMA, act_dim=ACT, horizon=H, action_bound=action_bound)
     jax.effects_barrier()
     assert len(seen) == T and len(seen_r) >= T - 1
     am, asd = np_stats(norm.action)
-    for a_scaled, t in seen:
-        raw = a_scaled / np.sqrt(float(sched.alpha_bar[t])) * asd + am
-        assert np.abs(raw).max() <= 1.0 + 1e-5, (t, np.abs(raw).max())
+    raw = [a_scaled / np.sqrt(float(sched.alpha_bar[t])) * asd + am for a_scaled, t in seen]
+    return raw, seen_r, im
+
+
+def test_world_model_sees_only_environment_range_actions():
+    """With action_bound=1 (a replay of clipped actions) the denoiser and the reward model get
+    actions in [-1, 1] (raw) at every step even when the policy's mean is 3; the learner's
+    Imagined.action is the policy's own action."""
+    raw, seen_r, im = _recorded_model_actions(1.0)
+    for t, a in enumerate(raw):
+        assert np.abs(a).max() <= 1.0 + 1e-5, (t, np.abs(a).max())
     assert max(np.abs(a).max() for a in seen_r) <= 1.0 + 1e-6
     assert float(im.action.max()) > 1.5  # the learner trains on the policy's unclipped action
+
+
+def test_world_model_sees_the_raw_action_under_the_training_rule():
+    """The training program's rule (envs.ACTION_RULE = 'raw', action_bound=None): the replay
+    stores the raw sample, so the world model is queried on the same raw actions the policy
+    produces, and the final imagined actions are the ones it saw last."""
+    from agdjax import envs
+    assert envs.ACTION_RULE == "raw"
+    raw, seen_r, im = _recorded_model_actions(None)
+    assert max(np.abs(a).max() for a in raw) > 1.5 and max(np.abs(a).max() for a in seen_r) > 1.5
+    np.testing.assert_allclose(raw[-1], np.asarray(im.action), rtol=1e-4, atol=1e-4)
 
 
 def test_guide_step_ratio_zero_for_none_positive_for_sag():
