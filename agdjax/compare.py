@@ -103,9 +103,11 @@ def _group_key(cfg: dict) -> tuple:
 
 
 def _base_label(cfg: dict) -> str:
-    """`sag c=4`, `none`, `sag c=4 ppo`, `ppo (model-free)`."""
+    """`sag c=4`, `none`, `sag c=4 ppo`, `ppo (model-free)`, `oracle imagination (a2c)`."""
     if cfg.get("model_free"):
         return f"{cfg.get('agent', '?')} (model-free)"
+    if cfg.get("imagination", "diffusion") != "diffusion":  # the learner never sees the world model
+        return f"{cfg['imagination']} imagination ({cfg.get('agent', 'a2c')})"
     guide = cfg.get("guide", "none")
     label = guide if guide == "none" else f"{guide} c={cfg['c']:g}"
     if cfg.get("agent", "a2c") != "a2c":

@@ -201,6 +201,9 @@ def validate(cfg: Config) -> Config:
     _check_choice("preset", cfg.preset, PRESETS[1:])
     _check_choice("denoiser_dtype", cfg.denoiser_dtype, ("float32", "bfloat16"))
     _check_choice("imagination", cfg.imagination, IMAGINATION)
+    if cfg.model_free and cfg.imagination != "diffusion":
+        raise ConfigError(f"--imagination={cfg.imagination} is not allowed with --model_free (there is no "
+                          f"imagination); use --imagination=diffusion")
     if cfg.wm_error_batch < 0:
         raise ConfigError(f"--wm_error_batch={cfg.wm_error_batch} must be >= 0")
     for name in ("n_envs", "steps_per_iter", "episode_length", "total_env_steps", "eval_every",

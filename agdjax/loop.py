@@ -31,6 +31,7 @@ from agdjax import checkpoint as ckpt_lib
 from agdjax import logging as runlog
 from agdjax.config import Config
 from agdjax.train import EVAL_METRICS, make_train
+from agdjax.wm_error import WM_METRICS
 
 
 class NonFiniteError(RuntimeError):
@@ -233,7 +234,8 @@ def _expected_metrics(cfg: Config, i: int):
 def nonfinite_metric(cfg: Config, metrics: dict, first_iter: int, seeds):
     """(metric, env step, [seeds]) of the first metric of a chunk that is infinite, or NaN
     where the iteration computed it; None if all are fine. Train metrics of iteration i are
-    reported at env step (i+1)*E (the row they are logged in), eval_return at i*E."""
+    reported at env step (i+1)*E (the row they are logged in), the evaluation's (EVAL_METRICS)
+    at i*E; the world-model error is a diagnostic and never fails a run."""
     E = cfg.env_steps_per_iter
     for j in range(cfg.iters_per_chunk):
         i = first_iter + j
@@ -242,6 +244,8 @@ def nonfinite_metric(cfg: Config, metrics: dict, first_iter: int, seeds):
         expected = _expected_metrics(cfg, i)
         for k, v in metrics.items():
             col = np.asarray(v)[:, j]
+            if k in WM_METRICS:  # a diagnostic: inf/NaN there is logged as missing, not fatal
+                continue
             bad = np.isinf(col) | (np.isnan(col) if k in expected else False)
             if bad.any():
                 step = i * E if k in EVAL_METRICS else (i + 1) * E
@@ -346,6 +350,11 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             return f"non-finite {bad[0]} (seeds {bad[1]})" if bad else None
 
         restored = ckpt.restore(abstract, accept=accept, validate_state=valid_state)
+        if restored is None and ckpt.all_steps() and runlog.count_rows(logdir) > 0:
+            ckpt.close()
+            raise ValueError(f"cannot resume the run in {logdir}: it has checkpoints {ckpt.all_steps()} but none "
+                             f"restores into this program (made by an older agdjax, or damaged); nothing was "
+                             f"changed: start a new --logdir")
         if restored is None:
             log_fn(f"resume: no valid checkpoint in {ckpt.directory}; starting {logdir} from the beginning")
         else:
@@ -423,7 +432,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                         row.update(prev_train[s_idx])
                     for k in EVAL_METRICS:  # evaluation-phase metrics belong to the step evaluated
                         ev = float(metrics[k][s_idx, j]) if k in metrics else float("nan")
-                        if not math.isnan(ev):
+                        if math.isfinite(ev):
                             row[k] = ev
                     new_rows.append(row)
                     prev_train[s_idx] = {k: float(v[s_idx, j]) for k, v in metrics.items()

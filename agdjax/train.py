@@ -119,7 +119,8 @@ def make_train(cfg: Config) -> Program:
     nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
     env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length)
     one_env = jax.eval_shape(functools.partial(envs.reset, env), jax.random.PRNGKey(0)).state
-    phys_dim = jax.eval_shape(envs.physics_state, one_env).shape[0]
+    uses_physics = cfg.wm_error_batch > 0 or cfg.imagination == "oracle"  # else the replay keeps none
+    phys_dim = jax.eval_shape(envs.physics_state, one_env).shape[0] if uses_physics else 0
 
     # ------------------------------------------------------------------ init + prefill
     def init(key) -> TrainState:
@@ -148,7 +149,7 @@ def make_train(cfg: Config) -> Program:
         def body(c, k):
             env_carry, ep_ret, rep = c
             action = policy(k, env_carry.state.obs)
-            physics = jax.vmap(envs.physics_state)(env_carry.state)
+            physics = jax.vmap(envs.physics_state)(env_carry.state) if phys_dim else None
             env_carry, tr = env_step(env_carry, action)
             ended = (tr.terminal + tr.truncated) > 0
             ep_ret = ep_ret + tr.reward
@@ -221,7 +222,7 @@ def make_train(cfg: Config) -> Program:
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                       clamp_value=cfg.clamp_value, horizon=cfg.horizon,
-                      action_bound=None,  # the replay stores the raw sample (envs.ACTION_RULE)
+                      action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
                       scale_actions=cfg.scale_action_input)
 
     def oracle_imagine(state: TrainState, key, s0, physics):

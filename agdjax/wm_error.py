@@ -33,10 +33,13 @@ def trajectory_errors(im_obs, im_reward, sim_obs, sim_reward, im_terminal=None):
         alive = jnp.cumprod(1.0 - im_terminal[:, :-1], axis=1)
         w_s = jnp.concatenate([jnp.ones_like(alive[:, :1]), alive], 1)
         w_r = w_s[:, :-1]
-    step = (per_step * w_s).sum(0) / jnp.maximum(w_s.sum(0), 1.0)
+    def mean(err, w, axis=None):  # NaN where no trajectory is still alive
+        n = w.sum(axis)
+        return jnp.where(n > 0, (err * w).sum(axis) / jnp.maximum(n, 1e-12), jnp.nan)
+
+    step = mean(per_step, w_s, 0)
     return {"wm_state_error_1": step[1], "wm_state_error_last": step[-1],
-            "wm_reward_error": (r_err * w_r).sum() / jnp.maximum(w_r.sum(), 1.0),
-            "wm_state_error": step}
+            "wm_reward_error": mean(r_err, w_r), "wm_state_error": step}
 
 
 # ---------------------------------------------------------------------------- command line
@@ -70,6 +73,9 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
     cfg = _config_from_dict(saved)
     if cfg.model_free:
         raise ValueError(f"{run_dir} is a model-free run: it has no world model")
+    if "reward" in guides and cfg.guide != "reward":
+        raise ValueError(f"--guides=reward needs a run trained with --guide=reward (its reward model); "
+                         f"this run used --guide={cfg.guide}")
     ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
     try:
         restored = ck.restore(_compiled(cfg, len(seeds)).abstract)
@@ -115,18 +121,23 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256, help="trajectories per seed (> 0)")
     p.add_argument("--key", type=int, default=0, help="PRNG seed of the start states and noise")
     a = p.parse_args(argv)
+
+    def fail(msg):
+        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
+        sys.exit(2)
+
     guides = [g for g in a.guides.split(",") if g]
     bad = [g for g in guides if g not in GUIDES]
     if bad or not guides:
-        sys.exit(f"error: --guides={a.guides!r}: allowed are {', '.join(GUIDES)} (comma-separated)")
+        fail(f"--guides={a.guides!r}: allowed are {', '.join(GUIDES)} (comma-separated)")
     if a.batch <= 0:
-        sys.exit(f"error: --batch={a.batch} must be a positive integer")
+        fail(f"--batch={a.batch} must be a positive integer")
     if not os.path.isfile(os.path.join(a.run_dir, "config.json")):
-        sys.exit(f"error: {a.run_dir} holds no run (no config.json)")
+        fail(f"{a.run_dir} holds no run (no config.json)")
     try:
         res = compare_guides(a.run_dir, guides, a.batch, a.key)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        fail(f"{a.run_dir}: {e}")
     with open(os.path.join(a.run_dir, "wm_error.json"), "w") as f:
         json.dump(res, f, indent=1)
     print(f"checkpoint at env step {res['_checkpoint']['env_steps']}, seeds {res['_checkpoint']['seeds']}, "

@@ -60,6 +60,8 @@ def check_fails(p, *needles):
 BAD_VALUES = [
     (["--guide=bogus"], ["--guide='bogus'", "none, sag, eag, reward"]),
     (["--agent=bogus"], ["--agent='bogus'", "a2c, ppo, trpo"]),
+    (["--imagination=bogus"], ["--imagination='bogus'", "diffusion, oracle"]),
+    (["--model_free", "--agent=ppo", "--imagination=oracle"], ["--imagination=oracle", "--model_free"]),
     (["--backend=bogus"], ["--backend='bogus'", "mjx, spring, positional, generalized"]),
     (["--preset=bogus"], ["--preset='bogus'", "auto, paper, cpu, smoke"]),
     (["--task=bogus"], ["--task='bogus'", "halfcheetah, hopper, walker2d, reacher"]),

@@ -49,9 +49,25 @@ def test_restore_puts_mjx_back_exactly():
     a, b = go(carry.state)
     np.testing.assert_allclose(np.asarray(a.obs), np.asarray(b.obs), atol=1e-4)
     np.testing.assert_allclose(float(a.reward), float(b.reward), atol=1e-4)
-    # without the stored body positions, the reward of the first step would differ
     ps = a.pipeline_state
     assert envs.physics_state(a).shape == (ps.q.shape[0] + ps.qd.shape[0] + ps.x.pos.size,)
+
+
+def test_restore_needs_the_stored_body_positions():
+    """q and qd alone (body positions recomputed by pipeline_init) change the first reward:
+    Brax's reward uses the previous body positions, which lag q by one substep."""
+    env = envs.make_env("halfcheetah", "mjx")
+    carry = envs.reset(env, jax.random.PRNGKey(0))
+    acts = jax.random.uniform(jax.random.PRNGKey(1), (6, env.action_size), minval=-1, maxval=1)
+
+    @jax.jit
+    def go(state):
+        state = jax.lax.fori_loop(0, 5, lambda i, s: env.step(s, acts[i]), state)
+        q_only = state.replace(pipeline_state=env.pipeline_init(state.pipeline_state.q, state.pipeline_state.qd))
+        return env.step(state, acts[5]).reward, env.step(q_only, acts[5]).reward
+
+    exact, q_only = go(carry.state)
+    assert abs(float(exact) - float(q_only)) > 1e-3, (float(exact), float(q_only))
 
 
 def test_replay_keeps_the_simulator_state_with_each_transition():
@@ -113,5 +129,10 @@ def test_wm_error_command_compares_guides(smoke_oracle, capsys):
     assert set(res) == {"none", "sag", "_checkpoint"}
     for g in ("none", "sag"):
         assert all(math.isfinite(v) for v in res[g]["wm_state_error_last"])
-    with pytest.raises(SystemExit):
-        wm_error.main([logdir, "--guides=foo"])
+    for bad, needle in (("--guides=foo", "--guides='foo'"), ("--guides=reward", "--guide=reward"),
+                        ("--batch=0", "--batch=0")):
+        with pytest.raises(SystemExit) as e:
+            wm_error.main([logdir, bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
