@@ -16,10 +16,11 @@ REQUIRED = ("seed", "env_steps", "diffusion_loss", "actor_loss", "critic_loss", 
 
 
 def smoke(cache, task="halfcheetah", guide="sag", backend=FAST, seeds=(0,), logdir=None, agent="a2c",
-          model_free=False, checkpoint_every=None):
-    key = (task, guide, backend, tuple(seeds), agent, model_free)
+          model_free=False, checkpoint_every=None, wm_error_batch=None):
+    key = (task, guide, backend, tuple(seeds), agent, model_free, wm_error_batch)
     if key not in cache:
-        cfg = make_config(task, "smoke", guide=guide, backend=backend, agent=agent, model_free=model_free)
+        cfg = make_config(task, "smoke", guide=guide, backend=backend, agent=agent, model_free=model_free,
+                          wm_error_batch=wm_error_batch)
         cache[key] = loop.run(cfg, list(seeds), logdir, progress=False, checkpoint_every=checkpoint_every)
     return cache[key]
 
@@ -61,8 +62,12 @@ def test_smoke_model_free_through_the_driver(smoke_runs, tmp_path):
 
 
 def test_smoke_default_mjx_backend(smoke_runs, tmp_path):
-    # with checkpoints: MJX states hold zero-size arrays, which Orbax alone refuses to save
-    _, rows, _ = smoke(smoke_runs, guide="sag", backend="mjx", logdir=str(tmp_path), checkpoint_every=32)
+    # with checkpoints: MJX states hold zero-size arrays, which Orbax alone refuses to save.
+    # Without the world-model error: its MJX rollout inside the evaluation made this compile
+    # exceed a CI worker's share of the 24 GB machine (it is tested on `positional` in
+    # test_wm_error.py, and MJX restore exactness there too).
+    _, rows, _ = smoke(smoke_runs, guide="sag", backend="mjx", logdir=str(tmp_path), checkpoint_every=32,
+                       wm_error_batch=0)
     check_rows(rows)
     assert os.listdir(tmp_path / "checkpoints")
 
