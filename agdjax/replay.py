@@ -107,7 +107,3 @@ def sample_starts(replay: Replay, key: jax.Array, batch: int):
     idx = _physical(replay, jax.random.randint(k_idx, (batch,), 0, jnp.maximum(replay.size, 1)))
     return replay.data.obs[env, idx], replay.physics[env, idx]
 
-
-def sample_obs(replay: Replay, key: jax.Array, batch: int) -> jax.Array:
-    """`batch` observations [batch, obs_dim] uniform over the buffer (imagination start states)."""
-    return sample_starts(replay, key, batch)[0]

@@ -48,7 +48,7 @@ def test_windows_after_ring_wraparound_stay_in_time_order():
     s = np.asarray(w.obs[..., 0])
     assert s.min() >= 68 and s.max() <= 99
     assert np.all(np.diff(s, axis=1) == 1)
-    obs = np.asarray(rb.sample_obs(rep, jax.random.PRNGKey(2), 256)[:, 0])
+    obs = np.asarray(rb.sample_starts(rep, jax.random.PRNGKey(2), 256)[0][:, 0])
     assert obs.min() >= 68 and obs.max() <= 99
 
 

@@ -7,11 +7,10 @@ import subprocess
 import sys
 
 import numpy as np
-
-from agdjax.train import EVAL_METRICS
 import pytest
 
 from agdjax import loop
+from agdjax.train import EVAL_METRICS
 from test_train import check_rows, smoke
 
 HERE = os.path.dirname(os.path.abspath(__file__))

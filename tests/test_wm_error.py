@@ -1,6 +1,7 @@
 """The simulator state in the replay, restoring it, the world-model error against the
 simulator (known answers; logged with each evaluation; the `agdjax.wm_error` command) and
 oracle imagination (the learner's data straight from the simulator)."""
+import functools
 import json
 import math
 
@@ -33,9 +34,11 @@ def test_trajectory_errors_known_answer():
     assert all(float(jnp.max(v)) == 0.0 for v in m.values())
 
 
-def test_restore_puts_mjx_back_exactly():
-    """Stepping a restored state gives the same next observation AND reward as stepping the
-    original (the reward needs the stored body positions, which lag q by one substep)."""
+@functools.lru_cache(maxsize=None)
+def _step_after_restores():
+    """One MJX compile shared by the restore tests: after 5 steps of HalfCheetah, one more
+    step from (the original state, the state restored by `envs.restore`, the state rebuilt
+    from q and qd alone by `pipeline_init`)."""
     env = envs.make_env("halfcheetah", "mjx")
     carry = envs.reset(env, jax.random.PRNGKey(0))
     acts = jax.random.uniform(jax.random.PRNGKey(1), (6, env.action_size), minval=-1, maxval=1)
@@ -44,9 +47,16 @@ def test_restore_puts_mjx_back_exactly():
     def go(state):
         state = jax.lax.fori_loop(0, 5, lambda i, s: env.step(s, acts[i]), state)
         back = envs.restore(env, carry.state, envs.physics_state(state), state.obs)
-        return env.step(state, acts[5]), env.step(back, acts[5])
+        q_only = state.replace(pipeline_state=env.pipeline_init(state.pipeline_state.q, state.pipeline_state.qd))
+        return env.step(state, acts[5]), env.step(back, acts[5]), env.step(q_only, acts[5])
 
-    a, b = go(carry.state)
+    return go(carry.state)
+
+
+def test_restore_puts_mjx_back_exactly():
+    """Stepping a restored state gives the same next observation AND reward as stepping the
+    original (the reward needs the stored body positions, which lag q by one substep)."""
+    a, b, _ = _step_after_restores()
     np.testing.assert_allclose(np.asarray(a.obs), np.asarray(b.obs), atol=1e-4)
     np.testing.assert_allclose(float(a.reward), float(b.reward), atol=1e-4)
     ps = a.pipeline_state
@@ -56,17 +66,8 @@ def test_restore_puts_mjx_back_exactly():
 def test_restore_needs_the_stored_body_positions():
     """q and qd alone (body positions recomputed by pipeline_init) change the first reward:
     Brax's reward uses the previous body positions, which lag q by one substep."""
-    env = envs.make_env("halfcheetah", "mjx")
-    carry = envs.reset(env, jax.random.PRNGKey(0))
-    acts = jax.random.uniform(jax.random.PRNGKey(1), (6, env.action_size), minval=-1, maxval=1)
-
-    @jax.jit
-    def go(state):
-        state = jax.lax.fori_loop(0, 5, lambda i, s: env.step(s, acts[i]), state)
-        q_only = state.replace(pipeline_state=env.pipeline_init(state.pipeline_state.q, state.pipeline_state.qd))
-        return env.step(state, acts[5]).reward, env.step(q_only, acts[5]).reward
-
-    exact, q_only = go(carry.state)
+    a, _, q_only = _step_after_restores()
+    exact, q_only = a.reward, q_only.reward
     assert abs(float(exact) - float(q_only)) > 1e-3, (float(exact), float(q_only))
 
 
