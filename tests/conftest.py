@@ -1,7 +1,11 @@
 """Shared test set-up: JAX's persistent compilation cache, so compiled programs are reused
-across tests and CI runs (MJX/Brax programs take many seconds to compile on a CPU)."""
+across tests and CI runs (MJX/Brax programs take many seconds to compile on a CPU), and a
+release of each test file's compiled programs when the file is done, so a worker's memory
+does not grow with every file it runs (two workers share the CI machine's memory)."""
+import gc
 import os
 
+import agdjax  # noqa: F401  (CPU linear algebra without LAPACK calls: agdjax/cpu_linalg.py)
 import jax
 import pytest
 
@@ -14,3 +18,19 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 def smoke_runs():
     """Cache of finished smoke runs shared by tests: key -> (state, rows, summary)."""
     return {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs(request, smoke_runs):
+    """After each test file: drop the smoke runs cached so far, the driver's compiled
+    programs (`loop._compiled`), the module's own lru-cached programs and JAX's in-memory
+    caches. A later file recompiles from the persistent cache in seconds."""
+    yield
+    from agdjax import loop
+    smoke_runs.clear()
+    loop._compiled.cache_clear()
+    for value in vars(request.module).values():
+        if hasattr(value, "cache_clear"):
+            value.cache_clear()
+    jax.clear_caches()
+    gc.collect()

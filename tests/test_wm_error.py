@@ -53,6 +53,16 @@ def _step_after_restores():
     return go(carry.state)
 
 
+def test_mjx_step_makes_no_lapack_calls_on_cpu():
+    """MJX's Cholesky factorisations and triangular solves lower to XLA's own ops on the
+    CPU, not to LAPACK calls that can deadlock XLA's thread pool (agdjax/cpu_linalg.py)."""
+    env = envs.make_env("halfcheetah", "mjx")
+    state = envs.reset(env, jax.random.PRNGKey(0)).state
+    text = jax.jit(env.step).lower(state, jnp.zeros(env.action_size)).as_text()
+    assert "stablehlo.cholesky" in text and "stablehlo.triangular_solve" in text
+    assert "lapack" not in text
+
+
 def test_restore_puts_mjx_back_exactly():
     """Stepping a restored state gives the same next observation AND reward as stepping the
     original (the reward needs the stored body positions, which lag q by one substep)."""
