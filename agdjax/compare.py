@@ -33,8 +33,8 @@ import numpy as np
 
 from agdjax.config import DEFAULT_GUIDE_SCALE
 from agdjax.logging import read_rows
+from agdjax.wm_error import WM_METRICS as WM_KEYS  # the world-model columns
 
-WM_KEYS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error")
 _BASE_FIELDS = ("task", "preset", "backend", "guide", "agent", "model_free", "guide_scale", "c")
 
 

@@ -21,7 +21,7 @@ from agdjax.config import Config
 from agdjax.guidance import action_z_std, delta_update, one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
 from agdjax.sampler import Imagined, SamplerFns, sample
-from agdjax.wm_error import WM_METRICS, trajectory_errors
+from agdjax.wm_error import WM_METRICS, advantage_corr, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
@@ -253,8 +253,11 @@ def make_train(cfg: Config) -> Program:
         im = diffusion_imagine(state, k_im, s0)
         template = jax.tree.map(lambda x: x[0], state.env.state)
         actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A], replayed open-loop
-        sim_obs, _, sim_reward, _ = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
-        return trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal)
+        sim_obs, _, sim_reward, sim_term = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
+        value = lambda o: mods.critic.apply(state.agent.critic, o)
+        corr = advantage_corr(value, cfg.gamma, im.obs, im.reward[:, :-1], im.terminal, sim_obs, sim_reward, sim_term)
+        return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
+                    wm_advantage_corr=corr)
 
     def agent_update(state: TrainState, key):
         im = imagine(state, key)

@@ -5,13 +5,14 @@ From real start states with their stored simulator state, imagine H-step traject
 the run's sampler (policy guidance plus the state guide), replay the imagined actions
 open-loop in the simulator from the same simulator state, and compare raw states and
 rewards. Inside the compiled program this runs with every evaluation (`train.make_train`,
-phase `wm_error`), logged as `wm_state_error_1`, `wm_state_error_last`, `wm_reward_error`.
+phase `wm_error`), logged as `wm_state_error_1`, `wm_state_error_last`, `wm_reward_error`,
+and `wm_advantage_corr` (`advantage_corr`: do imagined advantages agree with the true ones).
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error")
+WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error", "wm_advantage_corr")
 
 
 def trajectory_errors(im_obs, im_reward, sim_obs, sim_reward, im_terminal=None):
@@ -40,6 +41,38 @@ def trajectory_errors(im_obs, im_reward, sim_obs, sim_reward, im_terminal=None):
     step = mean(per_step, w_s, 0)
     return {"wm_state_error_1": step[1], "wm_state_error_last": step[-1],
             "wm_reward_error": mean(r_err, w_r), "wm_state_error": step}
+
+
+def advantage_corr(value_fn, gamma: float, im_obs, im_reward, im_terminal, sim_obs, sim_reward, sim_terminal):
+    """How well imagination ranks what the learner is trained on: the Pearson correlation,
+    over trajectories, of the H-step advantage estimate
+        A = sum_{k<H-1} gamma^k r_k + gamma^(H-1) V(s_{H-1}) - V(s_0)
+    from the imagined trajectory with the same estimate from the simulator's replay of its
+    actions (same start state, same critic). 1: imagination orders the start-state/action
+    pairs as the simulator does; 0: its advantages carry no information about the true ones.
+
+    im_obs / sim_obs [B, H, obs_dim] raw (row 0 shared), im_reward / sim_reward [B, H-1],
+    im_terminal [B, H], sim_terminal [B, H-1] (0/1); value_fn raw obs [..., obs_dim] -> [...].
+    Trajectories that terminate in either are left out; NaN when fewer than 3 remain or an
+    estimate is constant. Ours (no reference counterpart): the diagnostic of docs/RESULTS.md.
+    """
+    h = im_obs.shape[1]
+    disc = gamma ** jnp.arange(h - 1, dtype=jnp.float32)
+    v0 = value_fn(im_obs[:, 0])
+
+    def estimate(obs, reward):
+        return (reward * disc).sum(1) + gamma ** (h - 1) * value_fn(obs[:, -1]) - v0
+
+    keep = ((im_terminal[:, :-1].sum(1) + sim_terminal.sum(1)) == 0).astype(jnp.float32)
+    n = keep.sum()
+    a_im, a_sim = estimate(im_obs, im_reward), estimate(sim_obs, sim_reward)
+
+    def centred(a):
+        return (a - (a * keep).sum() / jnp.maximum(n, 1.0)) * keep
+
+    c_im, c_sim = centred(a_im), centred(a_sim)
+    denom = jnp.sqrt((c_im ** 2).sum() * (c_sim ** 2).sum())
+    return jnp.where((n >= 3) & (denom > 0), (c_im * c_sim).sum() / jnp.maximum(denom, 1e-30), jnp.nan)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -96,13 +129,15 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
 
 
 def _table(res) -> str:
-    lines = ["| guide | c | state error, step 1 | state error, last step | reward error |", "|---|---|---|---|---|"]
+    lines = ["| guide | c | state error, step 1 | state error, last step | reward error | advantage corr |",
+             "|---|---|---|---|---|---|"]
     for g, m in res.items():
         if g.startswith("_"):
             continue
         mean = lambda k: sum(m[k]) / len(m[k])
         lines.append(f"| {g} | {m['guide_scale']:g} | {mean('wm_state_error_1'):.4g} | "
-                     f"{mean('wm_state_error_last'):.4g} | {mean('wm_reward_error'):.4g} |")
+                     f"{mean('wm_state_error_last'):.4g} | {mean('wm_reward_error'):.4g} | "
+                     f"{mean('wm_advantage_corr'):.3f} |")
     return "\n".join(lines)
 
 

@@ -34,6 +34,35 @@ def test_trajectory_errors_known_answer():
     assert all(float(jnp.max(v)) == 0.0 for v in m.values())
 
 
+def test_advantage_corr_known_answers():
+    """A = sum_k gamma^k r_k + gamma^(H-1) V(s_{H-1}) - V(s_0), correlated over trajectories."""
+    B, H, D, gamma = 6, 3, 2, 0.5
+    key = jax.random.PRNGKey(0)
+    sim = jax.random.normal(key, (B, H, D)).at[:, 0].set(jax.random.normal(jax.random.PRNGKey(1), (B, D)))
+    r_sim = jax.random.normal(jax.random.PRNGKey(2), (B, H - 1))
+    value = lambda o: o[..., 0] ** 2 - o[..., 1]  # non-linear, so V(s_{H-1}) matters
+    no_term, no_sim_term = jnp.zeros((B, H)), jnp.zeros((B, H - 1))
+    corr = lambda im, r_im, t=no_term, ts=no_sim_term: float(
+        wm_error.advantage_corr(value, gamma, im, r_im, t, sim, r_sim, ts))
+    assert corr(sim, r_sim) == pytest.approx(1.0)  # a perfect model
+    # the estimate by hand for an imagined model with other rewards and last states
+    im = sim.at[:, -1].set(jax.random.normal(jax.random.PRNGKey(3), (B, D)))
+    r_im = jax.random.normal(jax.random.PRNGKey(4), (B, H - 1))
+    est = lambda o, r: r[:, 0] + gamma * r[:, 1] + gamma ** 2 * value(o[:, -1]) - value(o[:, 0])
+    want = np.corrcoef(np.asarray(est(im, r_im)), np.asarray(est(sim, r_sim)))[0, 1]
+    assert corr(im, r_im) == pytest.approx(want, abs=1e-5)
+    # an imagined advantage that is the true one reversed (same start states) -> -1
+    a_sim = est(sim, r_sim)
+    r_rev = r_sim.at[:, 0].add(-2 * a_sim)
+    assert corr(sim, r_rev) == pytest.approx(-1.0, abs=1e-5)
+    # terminated trajectories (imagined or simulated) are left out
+    far = r_rev.at[0, 0].set(1e6)
+    t = no_term.at[0, 1].set(1.0)
+    assert corr(sim, far, t) == pytest.approx(-1.0, abs=1e-5)
+    assert corr(sim, far, no_term, no_sim_term.at[0, 0].set(1.0)) == pytest.approx(-1.0, abs=1e-5)
+    assert math.isnan(corr(sim, r_sim, jnp.ones((B, H))))  # nothing left
+
+
 @functools.lru_cache(maxsize=None)
 def _step_after_restores():
     """One MJX compile shared by the restore tests: after 5 steps of HalfCheetah, one more
@@ -105,7 +134,9 @@ def test_evaluations_log_the_world_model_error(smoke_oracle):
     assert len(at_eval) == 3
     for r in at_eval:
         for k in wm_error.WM_METRICS:
-            assert math.isfinite(r[k]) and r[k] >= 0.0, (k, r)
+            low = -1.0 if k == "wm_advantage_corr" else 0.0  # a correlation; the rest are squared errors
+            assert math.isfinite(r[k]) and r[k] >= low, (k, r)
+        assert r["wm_advantage_corr"] <= 1.0
     assert not any("wm_state_error_1" in r for r in rows if "eval_return" not in r)
 
 
