@@ -149,3 +149,12 @@ def test_action_input_scaling_option():
     np.testing.assert_allclose(scaled[1], np.sqrt(float(sched.alpha_bar[15])), rtol=1e-6)
     assert scaled[1].max() < 0.1  # at the highest noise level the reference's input is nearly gone
     np.testing.assert_array_equal(np.asarray(diffusion.scaled_actions(sched, a, t, scale=False)), np.asarray(a))
+
+
+def test_action_input_scaling_per_preset():
+    """`paper` keeps the reference's sqrt(alpha_bar_t) * a; the cpu preset's small denoiser
+    sees a unscaled (better world model on the same replay, docs/RESULTS.md)."""
+    from agdjax.config import make_config
+    assert make_config("halfcheetah", "paper").scale_action_input
+    assert not make_config("halfcheetah", "cpu").scale_action_input
+    assert make_config("halfcheetah", "smoke").scale_action_input
