@@ -84,6 +84,27 @@ def _config_from_dict(d: dict):
     return validate(Config(**{k: v for k, v in d.items() if k in names}))
 
 
+def load_run(run_dir: str):
+    """(Config, seeds, restored) of a run directory: its config.json and its newest valid
+    checkpoint (`restored.state` has a leading seed axis). Raises FileNotFoundError without
+    a config, ValueError without a valid checkpoint."""
+    import os
+    from agdjax import checkpoint as ckpt_lib
+    from agdjax import logging as runlog
+    from agdjax.loop import _compiled
+
+    saved, seeds = runlog.read_config(run_dir)
+    cfg = _config_from_dict(saved)
+    ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
+    try:
+        restored = ck.restore(_compiled(cfg, len(seeds)).abstract)
+    finally:
+        ck.close()
+    if restored is None:
+        raise ValueError(f"{run_dir} has no valid checkpoint (run it with checkpoints)")
+    return cfg, seeds, restored
+
+
 def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
     """World-model error of each guide in `guides` on the newest valid checkpoint of
     `run_dir`, from the same start states and noise (same PRNG key for every guide).
@@ -94,28 +115,18 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
     no config or no valid checkpoint.
     """
     import dataclasses
-    import os
     import jax
     import numpy as np
-    from agdjax import checkpoint as ckpt_lib
     from agdjax import logging as runlog
-    from agdjax.loop import _compiled
     from agdjax.train import make_train
 
-    saved, seeds = runlog.read_config(run_dir)
-    cfg = _config_from_dict(saved)
+    cfg = _config_from_dict(runlog.read_config(run_dir)[0])  # checked before the checkpoint is read
     if cfg.model_free:
         raise ValueError(f"{run_dir} is a model-free run: it has no world model")
     if "reward" in guides and cfg.guide != "reward":
         raise ValueError(f"--guides=reward needs a run trained with --guide=reward (its reward model); "
                          f"this run used --guide={cfg.guide}")
-    ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
-    try:
-        restored = ck.restore(_compiled(cfg, len(seeds)).abstract)
-    finally:
-        ck.close()
-    if restored is None:
-        raise ValueError(f"{run_dir} has no valid checkpoint (run it with checkpoints)")
+    cfg, seeds, restored = load_run(run_dir)
     keys = jax.random.split(jax.random.PRNGKey(key), len(seeds))
     out = {}
     for g in guides:

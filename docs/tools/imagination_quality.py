@@ -5,17 +5,13 @@ replay with Config overrides (`train k=v ...`).
 usage: python docs/tools/imagination_quality.py RUN [adv] [train updates=50000 every=25000 k=v ...]"""
 import os, sys, time, dataclasses, functools, jax, jax.numpy as jnp, numpy as np, optax
 jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/agdjax-jax"))
-from agdjax import checkpoint as ckpt_lib, logging as runlog, diffusion, normalize, replay as rb
-from agdjax.loop import _compiled
+from agdjax import diffusion, normalize, replay as rb
 from agdjax.train import make_modules
-from agdjax.wm_error import _config_from_dict
+from agdjax.wm_error import load_run
 
 run = sys.argv[1]
-saved, seeds = runlog.read_config(run)
-cfg = _config_from_dict(saved)
-ck = ckpt_lib.Checkpointer(os.path.join(run, "checkpoints"), read_only=True)
-r = ck.restore(_compiled(cfg, len(seeds)).abstract); ck.close()
-state = jax.tree.map(lambda x: x[0], r.state)
+cfg, seeds, r = load_run(run)
+state = jax.tree.map(lambda x: x[0], r.state)  # seed 0
 norm, rep = state.norm, state.replay
 obs_dim = rep.data.obs.shape[-1]; act_dim = rep.data.action.shape[-1]
 H = cfg.horizon

@@ -1,15 +1,11 @@
 import os, sys, dataclasses, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/agdjax-jax"))
-from agdjax import checkpoint as ckpt_lib, logging as runlog, envs, replay as rb
-from agdjax.loop import _compiled
+from agdjax import envs, replay as rb
 from agdjax.train import make_train
-from agdjax.wm_error import _config_from_dict
+from agdjax.wm_error import load_run
 run = sys.argv[1]
-saved, seeds = runlog.read_config(run)
-cfg = _config_from_dict(saved)
-ck = ckpt_lib.Checkpointer(os.path.join(run, "checkpoints"), read_only=True)
-r = ck.restore(_compiled(cfg, len(seeds)).abstract); ck.close()
-state = jax.tree.map(lambda x: x[0], r.state)
+cfg, seeds, r = load_run(run)
+state = jax.tree.map(lambda x: x[0], r.state)  # seed 0
 prog = make_train(dataclasses.replace(cfg, agent_batch=512))
 env = envs.make_env(cfg.task, cfg.backend)
 @jax.jit
