@@ -49,7 +49,9 @@ def advantage_corr(value_fn, gamma: float, im_obs, im_reward, im_terminal, sim_o
         A = sum_{k<H-1} gamma^k r_k + gamma^(H-1) V(s_{H-1}) - V(s_0)
     from the imagined trajectory with the same estimate from the simulator's replay of its
     actions (same start state, same critic). 1: imagination orders the start-state/action
-    pairs as the simulator does; 0: its advantages carry no information about the true ones.
+    pairs as the simulator does. Both estimates share the -V(s_0) term, so a model whose
+    returns carry no information still scores above 0 where V varies over the start states.
+    (The learner itself uses GAE with the target critic; this is its H-step, lambda = 1 form.)
 
     im_obs / sim_obs [B, H, obs_dim] raw (row 0 shared), im_reward / sim_reward [B, H-1],
     im_terminal [B, H], sim_terminal [B, H-1] (0/1); value_fn raw obs [..., obs_dim] -> [...].
@@ -63,16 +65,17 @@ def advantage_corr(value_fn, gamma: float, im_obs, im_reward, im_terminal, sim_o
     def estimate(obs, reward):
         return (reward * disc).sum(1) + gamma ** (h - 1) * value_fn(obs[:, -1]) - v0
 
-    keep = ((im_terminal[:, :-1].sum(1) + sim_terminal.sum(1)) == 0).astype(jnp.float32)
+    keep = (im_terminal[:, :-1].sum(1) + sim_terminal.sum(1)) == 0
     n = keep.sum()
-    a_im, a_sim = estimate(im_obs, im_reward), estimate(sim_obs, sim_reward)
 
-    def centred(a):
-        return (a - (a * keep).sum() / jnp.maximum(n, 1.0)) * keep
+    def centred(a):  # excluded trajectories are 0 even when their estimate is not finite
+        a = jnp.where(keep, a, 0.0)
+        return jnp.where(keep, a - a.sum() / jnp.maximum(n, 1), 0.0)
 
-    c_im, c_sim = centred(a_im), centred(a_sim)
-    denom = jnp.sqrt((c_im ** 2).sum() * (c_sim ** 2).sum())
-    return jnp.where((n >= 3) & (denom > 0), (c_im * c_sim).sum() / jnp.maximum(denom, 1e-30), jnp.nan)
+    c_im, c_sim = centred(estimate(im_obs, im_reward)), centred(estimate(sim_obs, sim_reward))
+    denom = jnp.sqrt((c_im ** 2).sum()) * jnp.sqrt((c_sim ** 2).sum())  # no float32 overflow of the product
+    ok = (n >= 3) & (denom > 0) & jnp.isfinite(denom)
+    return jnp.where(ok, (c_im * c_sim).sum() / jnp.where(ok, denom, 1.0), jnp.nan)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -110,7 +113,7 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
     `run_dir`, from the same start states and noise (same PRNG key for every guide).
 
     Returns {guide: {metric: [per seed]}} with the metrics of `trajectory_errors`
-    (`wm_state_error` per step as a list). The run's own guide keeps its scale; the others
+    (`wm_state_error` per step as a list) and `wm_advantage_corr`. The run's own guide keeps its scale; the others
     use their defaults for the task. Raises FileNotFoundError / ValueError when the run has
     no config or no valid checkpoint.
     """

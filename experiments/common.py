@@ -48,6 +48,8 @@ flags.DEFINE_enum("log_level", "warning", ["warning", "info", "debug"],
                   "show; info brings back Orbax's per-checkpoint lines)")
 flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser: float32 or bfloat16 "
                     "(fp32 weights, accumulation and loss; default: the preset's, float32)")
+flags.DEFINE_bool("scale_action_input", None, "the denoiser sees sqrt(alpha_bar_t) * a (true, the "
+                  "reference; paper preset) or a unscaled (false; cpu preset). Default: the preset's")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "
                   "host, seeds sharded over every host's devices")
 flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 (default: "
@@ -59,7 +61,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps",
-                 "denoiser_dtype", "imagination")
+                 "denoiser_dtype", "imagination", "scale_action_input")
 
 
 def fail(msg: str):

@@ -154,3 +154,23 @@ def test_resume_with_different_config(fake_run, flags, needles):
 def test_task_flag_on_generic_entry_point(tmp_path):
     check_fails(run_cli(SMOKE, module="experiments"), "--task", "halfcheetah, hopper")
     check_fails(run_cli(SMOKE + ["--task=hopper", "--guide=bogus"], module="experiments"), "--guide='bogus'")
+
+
+def test_scale_action_input_flag_and_resume_keep_the_runs_value():
+    """--scale_action_input overrides the preset; without it the preset decides (cpu: False),
+    and a resumed run keeps its saved value (cpu runs from before the change used True)."""
+    from absl import flags
+    from experiments import common
+    f = flags.FLAGS
+
+    def build(argv, saved=None):
+        f.unparse_flags()
+        f(["prog"] + argv)
+        try:
+            return common.build_config("halfcheetah", "cpu", saved).scale_action_input
+        finally:
+            f.unparse_flags()
+
+    assert build(["--preset=cpu"]) is False
+    assert build(["--preset=cpu", "--scale_action_input=true"]) is True
+    assert build(["--preset=cpu"], saved=({"preset": "cpu", "scale_action_input": True}, [0])) is True
