@@ -279,7 +279,8 @@ def render_markdown(stats, steps, reps: int) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     wm_keys = [k for k in WM_KEYS if any(k in st["wm"] for st in stats)]
     head = ["group"] + wm_keys + ["wall time (h:mm:ss)", "runs"]
-    lines += ["", "World-model errors and advantage correlation (mean over seeds of the last logged value) and wall time "
+    lines += ["", "World-model errors and advantage correlation (mean over seeds of the last logged "
+              "value) and wall time "
               "(compile + prefill + training from summary.json, mean over the group's runs; the "
               "seeds of one run share it; a resumed run counts its last session only).", "",
               "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

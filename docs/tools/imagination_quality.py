@@ -7,6 +7,7 @@ import os, sys, time, dataclasses, functools, jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/agdjax-jax"))
 from agdjax import diffusion, normalize, replay as rb
 from agdjax.train import make_modules
+from agdjax import wm_error
 from agdjax.wm_error import load_run
 
 run = sys.argv[1]
@@ -67,30 +68,25 @@ from agdjax.train import make_train
 from agdjax.networks import Critic
 
 def adv_corr(tag, c, params, b=1024, key=jax.random.PRNGKey(11)):
-    """corr over start states of (imagined H-step return - V(s0)) with the simulator's, for the same
-    start state and the sampler's own actions replayed open loop."""
-    c2 = dataclasses.replace(c, agent_batch=b)
-    prog = make_train(c2)
+    """`wm_error.advantage_corr` of the sampler with denoiser `params` on b replayed start
+    states (the sampler's own actions replayed open loop in the simulator), and the
+    correlation of the first imagined reward with the simulator's."""
+    prog = make_train(dataclasses.replace(c, agent_batch=b))
     env = envs.make_env(c.task, c.backend)
     st = state.replace(denoiser_ema=params)
     @jax.jit
     def go(st, key):
         k_s, _ = jax.random.split(key)
-        s0, phys = rb.sample_starts(st.replay, k_s, b)
+        s0, phys = rb.sample_starts(st.replay, k_s, b)  # the start states `imagine` draws with this key
         im = prog.phases["imagine"](st, key)
         template = jax.tree.map(lambda x: x[0], st.env.state)
         acts = jnp.swapaxes(im.action[:, :-1], 0, 1)
         so, _, sr, sd = envs.rollout(env, template, phys, s0, lambda a, o: a, acts)
         V = lambda o: Critic(c.hidden).apply(st.agent.critic, o)
-        g = c.gamma ** jnp.arange(H - 1)
-        Ri = (im.reward[:, :-1] * g).sum(1) + c.gamma ** (H - 1) * V(im.obs[:, -1])
-        Rs = (sr * g).sum(1) + c.gamma ** (H - 1) * V(so[:, -1])
-        v0 = V(s0)
-        return Ri - v0, Rs - v0, im.reward[:, 0], sr[:, 0], sd.sum(1)
-    ai, as_, ri0, rs0, dead = map(np.asarray, go(st, key))
-    ok = dead == 0
-    print(f"{tag}: corr(imag adv, sim adv) {np.corrcoef(ai[ok], as_[ok])[0,1]:.3f}  std imag {ai[ok].std():.2f} sim {as_[ok].std():.2f} "
-          f"| corr r0 {np.corrcoef(ri0, rs0)[0,1]:.3f}", flush=True)
+        corr = wm_error.advantage_corr(V, c.gamma, im.obs, im.reward[:, :-1], im.terminal, so, sr, sd)
+        return corr, im.reward[:, 0], sr[:, 0]
+    corr, ri0, rs0 = map(np.asarray, go(st, key))
+    print(f"{tag}: corr(imag adv, sim adv) {float(corr):.3f} | corr r0 {np.corrcoef(ri0, rs0)[0,1]:.3f}", flush=True)
 
 if "adv" in sys.argv:
     adv_corr("checkpoint ema", cfg, state.denoiser_ema)
