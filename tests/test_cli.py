@@ -4,12 +4,12 @@ nothing compiled (JAX_LOG_COMPILES=1 would add lines to stderr)."""
 import hashlib
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from agdjax.config import make_config
+import childproc  # tests/childproc.py: a child's crash is rerun like a worker's
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = ["--preset=smoke", "--backend=positional"]
@@ -42,7 +42,7 @@ def snapshot(d):
 def run_cli(args, env_extra=None, module="experiments.halfcheetah"):
     env = dict(os.environ, JAX_LOG_COMPILES="1", JAX_PLATFORMS="cpu")
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+    return childproc.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -3,12 +3,12 @@ lines instead of a bar; no third-party INFO logging (Orbax, absl) or import nois
 import io
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
 from agdjax import logging as runlog
+import childproc  # tests/childproc.py: a child's crash is rerun like a worker's
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRESS = re.compile(r"^env steps [\d,]+/[\d,]+ \(\d+%\), [\d,]+ env steps/s, eval return (-?\d+\.\d|n/a) "
@@ -17,7 +17,7 @@ PROGRESS = re.compile(r"^env steps [\d,]+/[\d,]+ \(\d+%\), [\d,]+ env steps/s, e
 
 def run_module(args, module="experiments.halfcheetah", **kwargs):
     env = dict(os.environ, JAX_LOG_COMPILES="1", JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
+    return childproc.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
                           timeout=900, **kwargs)
 
 

@@ -3,7 +3,6 @@ unsharded program gives. XLA's CPU client is told to expose 2 host devices, whic
 process: the sharded runs happen in subprocesses (tests/sharded_run.py)."""
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 from agdjax import loop
 from agdjax.train import EVAL_METRICS
 from test_train import check_rows, smoke
+import childproc  # tests/childproc.py: a child's crash is rerun like a worker's
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -19,7 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def sharded(tmp_path, name, *args, n_devices=2):
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
-    proc = subprocess.run([sys.executable, os.path.join(HERE, "sharded_run.py"), str(out), *args],
+    proc = childproc.run([sys.executable, os.path.join(HERE, "sharded_run.py"), str(out), *args],
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())

@@ -5,10 +5,10 @@ compilation cache serves whichever runs second."""
 import json
 import math
 import os
-import subprocess
 import sys
 
 from agdjax.config import GUIDES
+import childproc  # tests/childproc.py: a child's crash is rerun like a worker's
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=os.environ.get("AGDJAX_JAX_CACHE", os.path.expanduser("~/.cache/agdjax-jax")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
-    p = subprocess.run([sys.executable, "-m", "benchmarks.throughput", "--quick", f"--out={out}"], cwd=ROOT,
+    p = childproc.run([sys.executable, "-m", "benchmarks.throughput", "--quick", f"--out={out}"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| denoiser training windows/s |" in p.stdout  # the markdown table
