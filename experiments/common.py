@@ -12,6 +12,7 @@ values; flags given must match the run (only --total_env_steps may grow).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -100,10 +101,10 @@ def build_config(task: str, platform: str, saved=None) -> C.Config:
     if FLAGS.total_env_steps is not None and FLAGS.total_env_steps <= 0:
         fail(f"--total_env_steps={FLAGS.total_env_steps} must be a positive integer")
     values = {name: getattr(FLAGS, name) for name in _CONFIG_FLAGS}
-    if saved is not None:
-        for name in _CONFIG_FLAGS:
-            if not _given(name) and name in saved[0]:
-                values[name] = saved[0][name]
+    if saved is not None:  # the run's own values, preset ones too (a preset may have changed since)
+        fields = {f.name for f in dataclasses.fields(C.Config)} - {"task", "preset"}
+        values.update({k: v for k, v in saved[0].items()
+                       if k in fields and not (k in _CONFIG_FLAGS and _given(k))})
     try:
         return C.make_config(task, preset, **values)
     except C.ConfigError as e:

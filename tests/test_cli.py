@@ -158,19 +158,24 @@ def test_task_flag_on_generic_entry_point(tmp_path):
 
 def test_scale_action_input_flag_and_resume_keep_the_runs_value():
     """--scale_action_input overrides the preset; without it the preset decides (cpu: False),
-    and a resumed run keeps its saved value (cpu runs from before the change used True)."""
+    and a resumed run keeps its saved values, preset ones included (cpu runs from before the
+    changes used True and a 256x2 denoiser)."""
     from absl import flags
     from experiments import common
     f = flags.FLAGS
 
-    def build(argv, saved=None):
+    def build(argv, saved=None, field="scale_action_input"):
         f.unparse_flags()
         f(["prog"] + argv)
         try:
-            return common.build_config("halfcheetah", "cpu", saved).scale_action_input
+            return getattr(common.build_config("halfcheetah", "cpu", saved), field)
         finally:
             f.unparse_flags()
 
     assert build(["--preset=cpu"]) is False
     assert build(["--preset=cpu", "--scale_action_input=true"]) is True
     assert build(["--preset=cpu"], saved=({"preset": "cpu", "scale_action_input": True}, [0])) is True
+    old = ({"preset": "cpu", "scale_action_input": True, "denoiser_hidden": 256, "denoiser_blocks": 2}, [0])
+    assert build(["--preset=cpu"], saved=old, field="denoiser_hidden") == 256
+    assert build(["--preset=cpu"], field="denoiser_hidden") == make_config("halfcheetah", "cpu").denoiser_hidden
+    assert build(["--preset=cpu", "--scale_action_input=false"], saved=old) is False
