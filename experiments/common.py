@@ -12,7 +12,6 @@ values; flags given must match the run (only --total_env_steps may grow).
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
@@ -90,8 +89,10 @@ def _saved_run(logdir: str):
 
 
 def build_config(task: str, platform: str, saved=None) -> C.Config:
-    """The run's config from the flags (and, on --resume, the saved run's values for the flags
-    not given). Fails with a one-line message on any bad value."""
+    """The run's config from the flags. On --resume, every config value comes from the saved
+    run (preset values too, since a preset may have changed after the run started; a field the
+    run's config.json predates takes its default, as the resume checks assume) except the
+    flags given now. Fails with a one-line message on any bad value."""
     preset = FLAGS.preset
     if preset not in C.PRESETS:
         fail(f"--preset={preset!r} is not allowed; choose one of {', '.join(C.PRESETS)}")
@@ -101,10 +102,11 @@ def build_config(task: str, platform: str, saved=None) -> C.Config:
     if FLAGS.total_env_steps is not None and FLAGS.total_env_steps <= 0:
         fail(f"--total_env_steps={FLAGS.total_env_steps} must be a positive integer")
     values = {name: getattr(FLAGS, name) for name in _CONFIG_FLAGS}
-    if saved is not None:  # the run's own values, preset ones too (a preset may have changed since)
-        fields = {f.name for f in dataclasses.fields(C.Config)} - {"task", "preset"}
-        values.update({k: v for k, v in saved[0].items()
-                       if k in fields and not (k in _CONFIG_FLAGS and _given(k))})
+    if saved is not None:
+        defaults = C.Config().to_dict()
+        for k in defaults.keys() - {"task", "preset"}:
+            if not (k in _CONFIG_FLAGS and _given(k)):
+                values[k] = saved[0].get(k, defaults[k])
     try:
         return C.make_config(task, preset, **values)
     except C.ConfigError as e:

@@ -12,6 +12,13 @@ import subprocess
 import sys
 
 CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT)
+STDERR_FD = None  # the worker's real stderr: what goes to a test's captured one is lost on exit
+
+
+def keep_stderr():
+    """Call from `pytest_configure`, before any test's output is captured."""
+    global STDERR_FD
+    STDERR_FD = os.dup(2)
 
 
 def run(cmd, **kwargs):
@@ -19,7 +26,11 @@ def run(cmd, **kwargs):
     p = subprocess.run(cmd, **kwargs)
     if -p.returncode in CRASH_SIGNALS and os.environ.get("PYTEST_XDIST_WORKER"):
         tail = p.stderr[-2000:] if isinstance(p.stderr, str) else ""
-        sys.stderr.write(f"child {cmd[:3]} crashed with signal {-p.returncode}; stderr tail:\n{tail}\n")
-        sys.stderr.flush()
+        msg = f"child {cmd[:3]} crashed with signal {-p.returncode}; stderr tail:\n{tail}\n"
+        if STDERR_FD is not None:
+            os.write(STDERR_FD, msg.encode())
+        else:
+            sys.stderr.write(msg)
+            sys.stderr.flush()
         os._exit(70)
     return p

@@ -14,6 +14,11 @@ jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+def pytest_configure(config):
+    import childproc
+    childproc.keep_stderr()
+
+
 @pytest.fixture(scope="session")
 def smoke_runs():
     """Cache of finished smoke runs shared by tests: key -> (state, rows, summary)."""

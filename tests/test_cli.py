@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agdjax.config import make_config
+from agdjax.config import Config, make_config
 import childproc  # tests/childproc.py: a child's crash is rerun like a worker's
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def run_cli(args, env_extra=None, module="experiments.halfcheetah"):
     env = dict(os.environ, JAX_LOG_COMPILES="1", JAX_PLATFORMS="cpu")
     env.update(env_extra or {})
     return childproc.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600)
 
 
 def check_fails(p, *needles):
@@ -175,7 +175,10 @@ def test_scale_action_input_flag_and_resume_keep_the_runs_value():
     assert build(["--preset=cpu"]) is False
     assert build(["--preset=cpu", "--scale_action_input=true"]) is True
     assert build(["--preset=cpu"], saved=({"preset": "cpu", "scale_action_input": True}, [0])) is True
-    old = ({"preset": "cpu", "scale_action_input": True, "denoiser_hidden": 256, "denoiser_blocks": 2}, [0])
+    old = ({"preset": "cpu", "scale_action_input": True, "denoiser_hidden": 256, "denoiser_blocks": 2,
+            "c": 3.0, "a_field_since_removed": 1}, [0])
     assert build(["--preset=cpu"], saved=old, field="denoiser_hidden") == 256
+    # a field the run's config.json predates takes its default, as the resume checks assume
+    assert build(["--preset=cpu"], saved=old, field="n_diffusion_steps") == Config().n_diffusion_steps != 16
     assert build(["--preset=cpu"], field="denoiser_hidden") == make_config("halfcheetah", "cpu").denoiser_hidden
     assert build(["--preset=cpu", "--scale_action_input=false"], saved=old) is False

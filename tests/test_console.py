@@ -18,7 +18,7 @@ PROGRESS = re.compile(r"^env steps [\d,]+/[\d,]+ \(\d+%\), [\d,]+ env steps/s, e
 def run_module(args, module="experiments.halfcheetah", **kwargs):
     env = dict(os.environ, JAX_LOG_COMPILES="1", JAX_PLATFORMS="cpu")
     return childproc.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, text=True,
-                          timeout=900, **kwargs)
+                         timeout=900, **kwargs)
 
 
 @pytest.mark.parametrize("module", ["experiments.halfcheetah", "experiments"])

@@ -1,7 +1,7 @@
 """The suite's crash policy (setup.cfg, tests/childproc.py), run on a small inner session with
 the project's own pytest settings: a test whose worker or child process crashes, or which
-hangs past the faulthandler timeout, is run again on a fresh worker (up to twice); a failing test is never rerun; a test that
-crashes every time fails; and the session ends."""
+hangs past the faulthandler timeout, is run again on a fresh worker (up to twice); a failing
+test is never rerun; a test that crashes every time fails; and the session ends."""
 import os
 import subprocess
 import sys
@@ -47,7 +47,9 @@ def test_crashes_every_time():
 
 def test_crashes_and_hangs_are_run_once_more_failures_are_not(tmp_path):
     (tmp_path / "test_inner.py").write_text(INNER.format(d=str(tmp_path)))
-    env = dict(os.environ, PYTHONPATH=HERE, PYTHONFAULTHANDLER="0")
+    (tmp_path / "conftest.py").write_text("import childproc\n\ndef pytest_configure(config):\n"
+                                          "    childproc.keep_stderr()\n")
+    env = dict(os.environ, PYTHONPATH=HERE)
     env.pop("PYTEST_XDIST_WORKER", None)
     p = subprocess.run([sys.executable, "-m", "pytest", "-c", SETUP_CFG, "--rootdir", str(tmp_path),
                         "-p", "no:cacheprovider", "-o", "faulthandler_timeout=5", str(tmp_path)],
@@ -55,5 +57,6 @@ def test_crashes_and_hangs_are_run_once_more_failures_are_not(tmp_path):
     summary = p.stdout.strip().splitlines()[-1]
     assert "2 failed, 3 passed, 5 rerun" in summary, p.stdout[-3000:]
     assert "FAILED" in p.stdout and "test_fails" in p.stdout and "test_crashes_every_time" in p.stdout
+    assert "crashed with signal 11" in p.stderr  # the child's crash is reported, not lost
     runs = {name: (tmp_path / name).read_text() for name in ("worker", "child", "hang", "fails", "always")}
     assert runs == {"worker": "xx", "child": "xx", "hang": "xx", "fails": "x", "always": "xxx"}

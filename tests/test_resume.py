@@ -20,6 +20,7 @@ from agdjax import checkpoint as ckpt_lib
 from agdjax import logging as runlog
 from agdjax import loop
 from agdjax.config import make_config
+import childproc  # tests/childproc.py: a child's crash is rerun like a worker's
 
 N = 128  # env steps: 8 iterations of 16
 
@@ -135,8 +136,8 @@ def test_resume_killed_before_its_first_chunk_changes_nothing(full_run, tmp_path
     before = files_of(run)
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", _RESUME_KILL_SCRIPT, str(run), sig, str(N)], env=env,
-                       capture_output=True, text=True, timeout=900)
+    p = childproc.run([sys.executable, "-c", _RESUME_KILL_SCRIPT, str(run), sig, str(N)], env=env,
+                      capture_output=True, text=True, timeout=900)
     assert p.returncode == -getattr(signal, sig), p.stderr[-3000:]
     assert "from checkpoint step 2" in p.stdout
     after = files_of(run)
@@ -362,10 +363,10 @@ def test_cli_resume_continues_with_the_runs_flags(full_run, tmp_path):
     loop.run(cfg_for(N // 2), [0], str(run), progress=False, checkpoint_every=32)
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-m", "experiments.halfcheetah", f"--logdir={run}", "--resume",
-                        f"--total_env_steps={N}", "--checkpoint_every=32", "--progress=false"],
-                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = childproc.run([sys.executable, "-m", "experiments.halfcheetah", f"--logdir={run}", "--resume",
+                       f"--total_env_steps={N}", "--checkpoint_every=32", "--progress=false"],
+                      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+                      capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "preset=smoke" in p.stdout and "backend=positional" in p.stdout and "guide=sag" in p.stdout
     assert "(resume)" in p.stdout and "from checkpoint step 2" in p.stdout

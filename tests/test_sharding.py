@@ -20,7 +20,7 @@ def sharded(tmp_path, name, *args, n_devices=2):
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
     proc = childproc.run([sys.executable, os.path.join(HERE, "sharded_run.py"), str(out), *args],
-                          env=env, capture_output=True, text=True, timeout=1200)
+                         env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -23,7 +23,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
                JAX_COMPILATION_CACHE_DIR=os.environ.get("AGDJAX_JAX_CACHE", os.path.expanduser("~/.cache/agdjax-jax")),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     p = childproc.run([sys.executable, "-m", "benchmarks.throughput", "--quick", f"--out={out}"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=1200)
+                      env=env, capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "| denoiser training windows/s |" in p.stdout  # the markdown table
     r = json.loads(out.read_text())
