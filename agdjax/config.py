@@ -302,6 +302,13 @@ _TASK_OVERRIDES = {
 }
 
 
+def saved_values(saved_config: dict) -> dict:
+    """Every Config field's value in a saved run's config dict (config.json): a field the dict
+    predates takes its default (fields are added with a default that keeps the old behaviour);
+    keys that are no longer fields are dropped."""
+    return {k: saved_config.get(k, v) for k, v in Config().to_dict().items()}
+
+
 def make_config(task: str = "halfcheetah", preset: str = "paper", **overrides) -> Config:
     """The preset's config for `task`, with `overrides` applied, validated.
 

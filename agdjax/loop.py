@@ -29,7 +29,7 @@ import numpy as np
 
 from agdjax import checkpoint as ckpt_lib
 from agdjax import logging as runlog
-from agdjax.config import Config
+from agdjax.config import Config, saved_values
 from agdjax.train import EVAL_METRICS, make_train
 from agdjax.wm_error import WM_METRICS
 
@@ -155,12 +155,11 @@ def resume_mismatch(saved_config: dict, saved_seeds, cfg: Config, seeds) -> str 
     if it can. Only total_env_steps may change, and only upwards."""
     if list(saved_seeds) != list(seeds):
         return f"seeds {list(seeds)} differ from the run's seeds {list(saved_seeds)}"
-    new, defaults = cfg.to_dict(), Config().to_dict()
+    new, old = cfg.to_dict(), saved_values(saved_config)
     for k in new:
         if k == "total_env_steps":
             continue
-        # a field added after the run was saved counts as the run's if it has its default
-        if saved_config.get(k, defaults[k]) != new[k]:
+        if old[k] != new[k]:
             return (f"{k}={new[k]!r} differs from the run's {k}={saved_config.get(k, '<missing>')!r}"
                     f"; only total_env_steps may change when resuming")
     if cfg.total_env_steps < saved_config["total_env_steps"]:

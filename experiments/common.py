@@ -103,10 +103,9 @@ def build_config(task: str, platform: str, saved=None) -> C.Config:
         fail(f"--total_env_steps={FLAGS.total_env_steps} must be a positive integer")
     values = {name: getattr(FLAGS, name) for name in _CONFIG_FLAGS}
     if saved is not None:
-        defaults = C.Config().to_dict()
-        for k in defaults.keys() - {"task", "preset"}:
-            if not (k in _CONFIG_FLAGS and _given(k)):
-                values[k] = saved[0].get(k, defaults[k])
+        for k, v in C.saved_values(saved[0]).items():
+            if k not in ("task", "preset") and not (k in _CONFIG_FLAGS and _given(k)):
+                values[k] = v
     try:
         return C.make_config(task, preset, **values)
     except C.ConfigError as e:
@@ -134,14 +133,13 @@ def check_resume(cfg: C.Config, seeds, saved, logdir: str):
     if list(saved_seeds) != list(seeds):
         fail(f"--seed/--num_seeds give seeds {list(seeds)} but the run in --logdir={logdir} has seeds "
              f"{list(saved_seeds)}; they must match to --resume")
-    new, defaults = cfg.to_dict(), C.Config().to_dict()
+    new, old = cfg.to_dict(), C.saved_values(saved_cfg)
     flag_fields = ("task", "preset") + _CONFIG_FLAGS
     others = [k for k in new if k not in flag_fields]
     for k in flag_fields + tuple(others):
         if k == "total_env_steps":
             continue
-        # a field added after the run was saved counts as the run's if it has its default
-        if saved_cfg.get(k, defaults[k]) != new[k]:
+        if old[k] != new[k]:
             what = f"--{k}={new[k]!r}" if k in flag_fields else f"config field {k}={new[k]!r}"
             fail(f"--resume: {what} differs from the run's {saved_cfg.get(k, '<missing>')!r} in "
                  f"--logdir={logdir}; only --total_env_steps may change when resuming")

@@ -3,7 +3,7 @@
 A child killed by SIGSEGV, SIGBUS or SIGABRT crashed inside native code (XLA has done so in
 CI: a segfault while serialising an executable for the compilation cache). Under pytest-xdist
 that crash is passed on to the worker, which exits, so the suite's crash policy (setup.cfg:
-the test is run once more on a fresh worker) covers crashes in children as it does in workers.
+the test is run again on a fresh worker) covers crashes in children as it does in workers.
 Any other exit status, including the signals a test sends on purpose, is the test's to judge.
 """
 import os
