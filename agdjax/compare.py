@@ -71,28 +71,49 @@ def load_run(run_dir: str) -> dict:
     except (OSError, ValueError):
         pass
     cfg = dict(d["config"])
-    cfg["c"] = resolved_c(cfg)
-    return {"dir": run_dir, "config": cfg, "seeds": list(d["seeds"]), "rows": read_rows(run_dir),
-            "summary": summary}
+    swept = list(cfg.pop("sweep", None) or {})  # names swept between the run's members
+    if "guide_scale" not in swept:
+        cfg["c"] = resolved_c(cfg)
+    members = [{k: m[k] for k in ["seed"] + swept} for m in d.get("members", [])] or \
+        [{"seed": s} for s in d["seeds"]]
+    return {"dir": run_dir, "config": cfg, "seeds": list(d["seeds"]), "swept": swept, "members": members,
+            "rows": read_rows(run_dir), "summary": summary}
+
+
+def _member_id(run: dict, row_or_member: dict) -> tuple:
+    """A member of a run: its seed and its swept values."""
+    return (row_or_member["seed"],) + tuple(row_or_member.get(k) for k in run.get("swept", []))
+
+
+def member_config(run: dict, member: dict) -> dict:
+    """The configuration a member ran: the run's, with the member's swept values (a swept
+    guide_scale is its `c`)."""
+    cfg = dict(run["config"])
+    for k in run.get("swept", []):
+        cfg[k] = member[k]
+        if k == "guide_scale":
+            cfg["c"] = float(member[k])
+    return cfg
 
 
 def member_curves(run: dict) -> dict:
-    """{seed: {env_steps: eval_return}} of one run; NaN/missing eval_return rows skipped."""
-    out = {s: {} for s in run["seeds"]}
+    """{member id: {env_steps: eval_return}} of one run (member id: seed, then the swept values);
+    NaN/missing eval_return rows skipped."""
+    out = {_member_id(run, m): {} for m in run.get("members", [{"seed": s} for s in run["seeds"]])}
     for r in run["rows"]:
         v = r.get("eval_return")
         if _finite(v):
-            out.setdefault(r["seed"], {})[int(r["env_steps"])] = float(v)
+            out.setdefault(_member_id(run, r), {})[int(r["env_steps"])] = float(v)
     return out
 
 
 def member_wm(run: dict) -> dict:
-    """{seed: {key: value at the last row where it was logged (finite)}} for WM_KEYS."""
+    """{member id: {key: value at the last row where it was logged (finite)}} for WM_KEYS."""
     out = defaultdict(dict)
     for r in run["rows"]:
         for k in WM_KEYS:
             if _finite(r.get(k)):
-                out[r["seed"]][k] = float(r[k])
+                out[_member_id(run, r)][k] = float(r[k])
     return out
 
 
@@ -117,14 +138,18 @@ def _base_label(cfg: dict) -> str:
 
 def group_runs(runs) -> list:
     """[{label, config, runs, members: [(run, seed, curve, wm)]}] in order of first appearance;
-    runs whose configs differ only in guide_scale None vs its resolved value share a group."""
+    runs whose configs differ only in guide_scale None vs its resolved value share a group. The
+    members of a sweep go to the group of their swept values (config.json `members`)."""
     groups = {}
     for run in runs:
-        g = groups.setdefault(_group_key(run["config"]), {"config": run["config"], "runs": [], "members": []})
-        g["runs"].append(run)
         curves, wm = member_curves(run), member_wm(run)
-        for seed in run["seeds"]:
-            g["members"].append((run["dir"], seed, curves.get(seed, {}), wm.get(seed, {})))
+        for m in run.get("members", [{"seed": s} for s in run["seeds"]]):
+            cfg = member_config(run, m)
+            g = groups.setdefault(_group_key(cfg), {"config": cfg, "runs": [], "members": []})
+            if not any(r is run for r in g["runs"]):
+                g["runs"].append(run)
+            mid = _member_id(run, m)
+            g["members"].append((run["dir"], m["seed"], curves.get(mid, {}), wm.get(mid, {})))
     groups = list(groups.values())
     _label_groups(groups)
     return groups

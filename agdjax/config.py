@@ -22,6 +22,12 @@ IMAGINATION = ("diffusion", "oracle")
 DEFAULT_GUIDE_SCALE = {"none": 0.0, "sag": 4.0, "eag": 3.0, "reward": 1.0}
 TASK_GUIDE_SCALE = {("halfcheetah", "sag"): 3.0, ("hopper", "eag"): 4.0, ("walker2d", "sag"): 4.0,
                     ("reacher", "sag"): 4.0}
+# Continuous settings that a sweep may vary between the members of one compiled program
+# (`--guide_scale=0,1,3,6`). The program reads them from a per-member traced value
+# (Config.with_hparams), never as Python constants, so one compile serves every value. To make
+# another float field sweepable, add its name here: it must only enter arithmetic (no Python
+# `if` on it, no shape), which a traced value enforces by failing loudly.
+SWEEPABLE = ("guide_scale", "actor_lr_max", "delta_ref", "diffusion_lr")
 # Number of diffusion steps of the reference (PolyGRAD T = 128), at which the step-dependent
 # settings (clamp_fraction, delta_ref) were published.
 REF_DIFFUSION_STEPS = 128
@@ -44,6 +50,9 @@ class Config:
     guide_scale: Optional[float] = None  # state-guide scale c; None -> TASK_GUIDE_SCALE / DEFAULT_GUIDE_SCALE
     preset: str = "paper"
     imagination: str = "diffusion"  # diffusion | oracle (diagnostic: H-step rollouts in the real simulator)
+    # swept values: ((name, (v1, v2, ...)), ...) over SWEEPABLE names, in SWEEPABLE order; each
+    # combination of values runs every seed (see `members`); () = no sweep
+    sweep: tuple = ()
 
     # --- environment and schedule (env steps count real transitions over all n_envs)
     n_envs: int = 10
@@ -179,7 +188,63 @@ class Config:
         return max(self.replay_capacity // self.n_envs, self.horizon + 1)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields as JSON-ready values (the sweep as {name: [values]})."""
+        d = dataclasses.asdict(self)
+        d["sweep"] = {k: list(v) for k, v in self.sweep}
+        return d
+
+    def with_hparams(self, hparams: dict) -> "Config":
+        """This config with the SWEEPABLE fields in `hparams` replaced (by traced values inside
+        the compiled program; see `member_hparams`). Not validated: call it only there."""
+        return dataclasses.replace(self, **hparams)
+
+
+def normalize_sweep(sweep) -> tuple:
+    """A sweep given as {name: [values]} or ((name, values), ...) -> ((name, (float, ...)),
+    ...) in SWEEPABLE order, names with a single value dropped (they are plain settings).
+
+    Raises:
+      ConfigError: an unknown name, an empty or repeated value list, or a value that is not a number.
+    """
+    items = dict(sweep.items() if isinstance(sweep, dict) else sweep)
+    for name, values in items.items():
+        if name not in SWEEPABLE:
+            raise ConfigError(f"{name!r} cannot be swept; sweepable settings: {', '.join(SWEEPABLE)}")
+        try:
+            values = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise ConfigError(f"--{name}={values!r}: give numbers separated by commas, e.g. 0,1,3")
+        if not values:
+            raise ConfigError(f"--{name}: give at least one value")
+        if len(set(values)) != len(values):
+            raise ConfigError(f"--{name}={','.join(f'{v:g}' for v in values)} repeats a value; give each once")
+        items[name] = tuple(values)
+    return tuple((k, items[k]) for k in SWEEPABLE if k in items and len(items[k]) > 1)
+
+
+def members(cfg: Config, seeds) -> list:
+    """The members of a run: every combination of the swept values (first sweep name
+    outermost), and within each every seed: [{"seed": s, name: value, ...}]. Without a sweep:
+    one member {"seed": s} per seed."""
+    combos = [{}]
+    for name, values in cfg.sweep:
+        combos = [dict(c, **{name: v}) for c in combos for v in values]
+    return [{"seed": int(s), **c} for c in combos for s in seeds]
+
+
+def member_hparams(cfg: Config, members_: list) -> dict:
+    """{name: [value per member]} of every SWEEPABLE field: the member's swept value, else the
+    run's (guide_scale as resolved, `Config.c`). The program gets these as traced inputs."""
+    base = {k: float(cfg.c if k == "guide_scale" else getattr(cfg, k)) for k in SWEEPABLE}
+    return {k: [float(m.get(k, base[k])) for m in members_] for k in SWEEPABLE}
+
+
+def program_config(cfg: Config) -> Config:
+    """The config with the SWEEPABLE fields and the sweep reset to their defaults: what the
+    compiled program depends on (those values are its inputs), so runs that differ only there
+    share one compile."""
+    default = Config()
+    return dataclasses.replace(cfg, sweep=(), **{k: getattr(default, k) for k in SWEEPABLE})
 
 
 def _check_choice(name, value, allowed):
@@ -216,8 +281,9 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"clamp_fraction={cfg.clamp_fraction!r} must be a number in [0, 1]")
     if cfg.prefill_steps < 0:
         raise ConfigError(f"--prefill_steps={cfg.prefill_steps} must be >= 0")
-    if cfg.guide_scale is not None and not (math.isfinite(cfg.guide_scale) and cfg.guide_scale >= 0):
-        raise ConfigError(f"--guide_scale={cfg.guide_scale!r} must be a finite number >= 0")
+    if cfg.guide_scale is not None:
+        _check_guide_scale(cfg.guide_scale)
+    _validate_sweep(cfg)
     if cfg.model_free and cfg.guide != "none":
         raise ConfigError(f"--guide={cfg.guide} is not allowed with --model_free; use --guide=none")
     if cfg.horizon < 2:
@@ -240,6 +306,27 @@ def validate(cfg: Config) -> Config:
     if cfg.prefill_steps % cfg.n_envs:
         raise ConfigError(f"prefill_steps={cfg.prefill_steps} must be a multiple of n_envs={cfg.n_envs}")
     return cfg
+
+
+def _check_guide_scale(value):
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"--guide_scale={value!r} must be a finite number >= 0")
+
+
+def _validate_sweep(cfg: Config):
+    if cfg.sweep != normalize_sweep(cfg.sweep):
+        raise ConfigError(f"sweep={cfg.sweep!r} is not in normal form; build it with normalize_sweep")
+    for name, values in cfg.sweep:
+        flag = f"--{name}={','.join(f'{v:g}' for v in values)}"
+        if cfg.model_free:
+            raise ConfigError(f"{flag}: a sweep needs the world model; it is not allowed with --model_free")
+        if name == "guide_scale":
+            if cfg.guide == "none":
+                raise ConfigError(f"{flag}: --guide=none has no guide scale; choose a guide to sweep")
+            for v in values:
+                _check_guide_scale(v)
+        elif not all(math.isfinite(v) and v > 0 for v in values):
+            raise ConfigError(f"{flag}: every value must be a positive number")
 
 
 def _validate_ppo_trpo(cfg: Config):
@@ -324,6 +411,7 @@ def make_config(task: str = "halfcheetah", preset: str = "paper", **overrides) -
     values = dict(_PRESETS[preset])
     values.update(_TASK_OVERRIDES.get(preset, {}).get(task, {}))
     values.update({k: v for k, v in overrides.items() if v is not None or k == "guide_scale"})
+    values["sweep"] = normalize_sweep(values.get("sweep", ()))
     return validate(Config(task=task, preset=preset, **values))
 
 

@@ -25,20 +25,38 @@ def eval_curve(rows):
     return dict(sorted(by_step.items()))
 
 
-def summarize(rows, seeds):
+def summarize(rows, seeds, members=None):
+    """summary.json's numbers: the first and last evaluation's eval return (mean, std over
+    members, per member in member order), and for a sweep the members and the final mean per
+    setting. members: config.members (default: one per seed)."""
+    members = members if members is not None else [{"seed": s} for s in seeds]
+    out = {"seeds": list(seeds)}
+    swept = [k for k in members[0] if k != "seed"] if members else []
+    if swept:
+        out["members"] = members
     curve = eval_curve(rows)
     if not curve:
-        return {"seeds": list(seeds)}
+        return out
     steps = list(curve)
     first, last = curve[steps[0]], curve[steps[-1]]
-    return {
-        "seeds": list(seeds),
+    out.update({
+        "initial_env_steps": int(steps[0]),
         "initial_eval_return_mean": float(np.mean(first)),
+        "initial_eval_return_std": float(np.std(first)),
+        "initial_eval_return_per_seed": [float(x) for x in first],
         "final_env_steps": int(steps[-1]),
         "final_eval_return_mean": float(np.mean(last)),
         "final_eval_return_std": float(np.std(last)),
         "final_eval_return_per_seed": [float(x) for x in last],
-    }
+    })
+    if swept and len(last) == len(members):
+        settings = {}
+        for m, v in zip(members, last):
+            settings.setdefault(tuple(m[k] for k in swept), []).append(float(v))
+        out["final_eval_return_per_setting"] = [
+            {**dict(zip(swept, key)), "mean": float(np.mean(v)), "std": float(np.std(v)), "n": len(v)}
+            for key, v in settings.items()]
+    return out
 
 
 def plot_runs(runs, path, title=None):
@@ -108,6 +126,32 @@ def read_config(run_dir):
     return d["config"], d["seeds"]
 
 
+def config_record(cfg, seeds, members) -> dict:
+    """config.json: the config with the guide scale as resolved (`c`, the list of values in a
+    guide-scale sweep), the seeds, and every member's seed and SWEEPABLE values as used."""
+    from agdjax.config import member_hparams
+    hp = member_hparams(cfg, members)
+    c = dict(cfg.sweep).get("guide_scale", cfg.c)
+    return {"config": {**cfg.to_dict(), "c": list(c) if isinstance(c, tuple) else c}, "seeds": list(seeds),
+            "members": [{**m, **{k: v[i] for k, v in hp.items()}} for i, m in enumerate(members)]}
+
+
+def _member_key(row_or_member):
+    """A row's or member's identity: its seed and swept values (the keys of a config.members entry
+    other than metrics); rows carry exactly those before `env_steps`."""
+    out = []
+    for k, v in row_or_member.items():
+        if k == "env_steps":
+            break
+        out.append((k, v))
+    return tuple(out)
+
+
+def _tb_name(member):
+    """TensorBoard directory of a member: seed_<s>, then _<name>_<value> per swept value."""
+    return "seed_" + "_".join(str(member["seed"]) if k == "seed" else f"{k}_{v:g}" for k, v in member.items())
+
+
 class RunWriter:
     """Writes one run directory. A new run writes config.json at once; metrics.jsonl is never
     overwritten, except by a resumed run (`keep_rows` = rows to keep): that one changes
@@ -115,9 +159,10 @@ class RunWriter:
     metrics.jsonl whole (the first `keep_rows` rows byte for byte, then the new ones;
     tmp file + os.replace) and config.json. TensorBoard files are opened with the first rows."""
 
-    def __init__(self, logdir, cfg, seeds, keep_rows=None):
+    def __init__(self, logdir, cfg, seeds, members=None, keep_rows=None):
         self.logdir, self.seeds = logdir, list(seeds)
-        self.config_text = json.dumps({"config": {**cfg.to_dict(), "c": cfg.c}, "seeds": self.seeds}, indent=2)
+        self.members = members if members is not None else [{"seed": s} for s in self.seeds]
+        self.config_text = json.dumps(config_record(cfg, self.seeds, self.members), indent=2)
         self.metrics_path = os.path.join(logdir, "metrics.jsonl")
         self.purge_step, self._kept = None, None
         if keep_rows is None:
@@ -143,8 +188,8 @@ class RunWriter:
             from tensorboardX import SummaryWriter
         except ImportError:  # pragma: no cover - tensorboardX is a dependency
             return {}
-        return {s: SummaryWriter(os.path.join(self.logdir, "tb", f"seed_{s}"), purge_step=self.purge_step)
-                for s in self.seeds}
+        return {_member_key(m): SummaryWriter(os.path.join(self.logdir, "tb", _tb_name(m)),
+                                             purge_step=self.purge_step) for m in self.members}
 
     def write_rows(self, rows):
         """Appends `rows` to metrics.jsonl (and TensorBoard, curve.png), durably (fsync)."""
@@ -162,9 +207,10 @@ class RunWriter:
         if self._tb is None:
             self._tb = self._open_tb()
         for r in rows:
-            tb = self._tb.get(r["seed"])
+            tb = self._tb.get(_member_key(r))
             for k, v in r.items():
-                if tb is not None and k not in ("seed", "env_steps") and isinstance(v, float) and math.isfinite(v):
+                if tb is not None and k not in self.members[0] and k != "env_steps" and isinstance(v, float) \
+                        and math.isfinite(v):
                     tb.add_scalar(k, v, r["env_steps"])
         if any("eval_return" in r for r in rows):
             plot_runs([(self.label, self.rows)], os.path.join(self.logdir, "curve.png"))

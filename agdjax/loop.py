@@ -29,7 +29,7 @@ import numpy as np
 
 from agdjax import checkpoint as ckpt_lib
 from agdjax import logging as runlog
-from agdjax.config import Config, saved_values
+from agdjax.config import SWEEPABLE, Config, member_hparams, members as run_members, program_config, saved_values
 from agdjax.train import EVAL_METRICS, make_train
 from agdjax.wm_error import WM_METRICS
 
@@ -62,44 +62,61 @@ def seed_sharding(n_seeds: int, devices=None):
 
 
 def compile_program(cfg: Config, n_seeds: int, devices=None):
-    """Returns (program, jitted vmapped init, jitted vmapped run_chunk).
+    """Returns (program, jitted vmapped init, jitted vmapped run_chunk) for n_seeds members.
 
-    init: keys [n_seeds, 2] -> TrainState [n_seeds, ...]; run_chunk: (state, first iteration)
-    -> (state, metrics {name: [n_seeds, iters_per_chunk]}), state donated. One seed runs the
-    per-seed program without vmap (same shapes outside). On several devices
-    (see `seed_sharding`) both are `shard_map`s over the `seeds` mesh axis: each device runs
-    the vmapped program on its own seeds, with no communication between devices.
+    init: (keys [n, 2], hparams {name: [n]}) -> TrainState [n, ...]; run_chunk: (state,
+    hparams, first iteration) -> (state, metrics {name: [n, iters_per_chunk]}), state donated.
+    `hparams` holds every SWEEPABLE setting per member (config.member_hparams): the program
+    reads them as traced values (Config.with_hparams), so the members of a sweep, and runs
+    that differ only there, share one compiled program. One member runs the per-seed program
+    without vmap (same shapes outside). On several devices (see `seed_sharding`) both are
+    `shard_map`s over the `seeds` mesh axis: each device runs the vmapped program on its own
+    members, with no communication between devices.
     """
     if cfg.model_free:
-        from agdjax.model_free import make_model_free_train
-        prog = make_model_free_train(cfg)
+        from agdjax.model_free import make_model_free_train as build
     else:
-        prog = make_train(cfg)
+        build = make_train
+    prog = build(cfg)
+    member_init = lambda key, hp: build(cfg.with_hparams(hp)).init(key)
+    member_chunk = lambda state, hp, i: build(cfg.with_hparams(hp)).run_chunk(state, i)
     sharding = seed_sharding(n_seeds, devices)
     if n_seeds == 1 and sharding is None:
         # One seed: the per-seed program itself, the seed axis added around it. vmap over an
         # axis of size 1 is not free on XLA:CPU (PPO updates ~60% slower, docs/RESULTS.md).
         lead = lambda tree: jax.tree.map(lambda x: x[None], tree)
-        init = lambda keys: lead(prog.init(keys[0]))
-        run_chunk = lambda state, i: lead(prog.run_chunk(jax.tree.map(lambda x: x[0], state), i))
+        first = lambda tree: jax.tree.map(lambda x: x[0], tree)
+        init = lambda keys, hp: lead(member_init(keys[0], first(hp)))
+        run_chunk = lambda state, hp, i: lead(member_chunk(first(state), first(hp), i))
     else:
-        init, run_chunk = jax.vmap(prog.init), jax.vmap(prog.run_chunk, in_axes=(0, None))
+        init, run_chunk = jax.vmap(member_init), jax.vmap(member_chunk, in_axes=(0, 0, None))
     if sharding is not None:
         P = jax.sharding.PartitionSpec
-        init = jax.shard_map(init, mesh=sharding.mesh, in_specs=P("seeds"), out_specs=P("seeds"),
-                              check_vma=False)
-        run_chunk = jax.shard_map(run_chunk, mesh=sharding.mesh, in_specs=(P("seeds"), P()),
+        init = jax.shard_map(init, mesh=sharding.mesh, in_specs=(P("seeds"), P("seeds")),
+                             out_specs=P("seeds"), check_vma=False)
+        run_chunk = jax.shard_map(run_chunk, mesh=sharding.mesh, in_specs=(P("seeds"), P("seeds"), P()),
                                   out_specs=P("seeds"), check_vma=False)
     return prog, jax.jit(init), jax.jit(run_chunk, donate_argnums=0)
 
 
-def seed_keys(seeds, sharding=None):
-    """PRNG keys [n_seeds, 2] of `seeds`, placed by `sharding` (see `seed_sharding`) when given
-    (a global array: each host fills only its own devices' rows)."""
-    keys = np.asarray(jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32)))
+def _place(array, sharding=None):
+    """`array` (numpy, leading member axis) on the device(s): split by `sharding` when given (a
+    global array: each host fills only its own devices' rows)."""
     if sharding is None:
-        return jnp.asarray(keys)
-    return jax.make_array_from_callback(keys.shape, sharding, lambda idx: keys[idx])
+        return jnp.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda idx: array[idx])
+
+
+def seed_keys(seeds, sharding=None):
+    """PRNG keys [n_seeds, 2] of `seeds`, placed by `sharding` (see `seed_sharding`)."""
+    return _place(np.asarray(jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))), sharding)
+
+
+def member_inputs(cfg: Config, members, sharding=None):
+    """(keys [n, 2], hparams {name: float32 [n]}) of the members (config.members), placed by
+    `sharding`: the inputs of the compiled init and run_chunk."""
+    hp = {k: _place(np.asarray(v, np.float32), sharding) for k, v in member_hparams(cfg, members).items()}
+    return seed_keys([m["seed"] for m in members], sharding), hp
 
 
 def to_host(tree):
@@ -118,22 +135,31 @@ class _Compiled:
         self.prog, self._init, self._run_chunk = compile_program(cfg, n_seeds)
         self.sharding = seed_sharding(n_seeds)
         self.keys = jax.ShapeDtypeStruct((n_seeds, 2), jnp.uint32, sharding=self.sharding)
-        self.abstract = ckpt_lib.abstract_like(jax.eval_shape(self._init, self.keys), self.sharding)
+        self.hparams = {k: jax.ShapeDtypeStruct((n_seeds,), jnp.float32, sharding=self.sharding)
+                        for k in SWEEPABLE}
+        self.abstract = ckpt_lib.abstract_like(jax.eval_shape(self._init, self.keys, self.hparams),
+                                               self.sharding)
         self.init_c = self.chunk_c = None
 
     def init(self):
         if self.init_c is None:
-            self.init_c = self._init.lower(self.keys).compile()
+            self.init_c = self._init.lower(self.keys, self.hparams).compile()
         return self.init_c
 
     def chunk(self):
         if self.chunk_c is None:
-            self.chunk_c = self._run_chunk.lower(self.abstract, jnp.int32(0)).compile()
+            self.chunk_c = self._run_chunk.lower(self.abstract, self.hparams, jnp.int32(0)).compile()
         return self.chunk_c
 
 
-@functools.lru_cache(maxsize=8)
 def _compiled(cfg: Config, n_seeds: int) -> _Compiled:
+    """The compiled program of (cfg, n_seeds members), shared by every cfg with the same
+    program_config (the SWEEPABLE values are its inputs)."""
+    return _compiled_program(program_config(cfg), n_seeds)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_program(cfg: Config, n_seeds: int) -> _Compiled:
     return _Compiled(cfg, n_seeds)
 
 
@@ -141,7 +167,8 @@ def compile_message(cfg: Config, n_seeds: int) -> str:
     """The line printed before compiling: what, and where the result is kept for later runs."""
     what = (f"compiling the training program ({cfg.task}, {cfg.backend} backend, "
             f"{'model-free ' + cfg.agent if cfg.model_free else 'guide ' + cfg.guide}, "
-            f"{cfg.preset} preset, {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+            f"{cfg.preset} preset, {n_seeds} {'member' if cfg.sweep else 'seed'}{'s' if n_seeds != 1 else ''}"
+            f"{' of a sweep' if cfg.sweep else ''})")
     cache = jax.config.jax_compilation_cache_dir
     if cache:
         return (f"{what}; XLA's output is cached in {cache}, so the next run with the same "
@@ -292,6 +319,8 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
       ValueError: resume without a run in logdir, or one that cannot continue as `cfg`.
     """
     seeds = list(seeds)
+    members = run_members(cfg, seeds)  # every (swept values, seed) pair: one vmapped member each
+    names = [member_name(m) for m in members]
     L, E, n_iters = cfg.iters_per_chunk, cfg.env_steps_per_iter, cfg.n_iters
     n_chunks = math.ceil((n_iters + 1) / L)
     if (resume or checkpoint_every is not None) and not logdir:
@@ -312,9 +341,10 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         if os.path.isdir(ck_dir) and os.listdir(ck_dir):
             raise FileExistsError(f"{ck_dir} already holds checkpoints; resume the run or use a new logdir")
 
-    log_fn(compile_message(cfg, len(seeds)))
+    log_fn(compile_message(cfg, len(members)))
     t0 = time.perf_counter()
-    compiled = _compiled(cfg, len(seeds))
+    compiled = _compiled(cfg, len(members))
+    keys, hparams = member_inputs(cfg, members, compiled.sharding)
     abstract = compiled.abstract
     t_compile = time.perf_counter() - t0
 
@@ -345,7 +375,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             return None
 
         def valid_state(s):
-            bad = nonfinite_parameter(s, seeds)
+            bad = nonfinite_parameter(s, names)
             return f"non-finite {bad[0]} (seeds {bad[1]})" if bad else None
 
         restored = ckpt.restore(abstract, accept=accept, validate_state=valid_state)
@@ -367,7 +397,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                 with open(os.path.join(logdir, "summary.json")) as f:
                     summary = json.load(f)
             except (OSError, ValueError):
-                summary = runlog.summarize(rows, seeds)
+                summary = runlog.summarize(rows, seeds, members)
             return restored.state, rows, summary
         # the checkpoints after the one continued from are removed only once the run has new
         # rows (or before its first save): a resume killed before that leaves the run as it was
@@ -376,7 +406,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
 
     writer = None
     if logdir and jax.process_index() == 0:  # with several hosts, one writes the run's files
-        writer = runlog.RunWriter(logdir, cfg, seeds,
+        writer = runlog.RunWriter(logdir, cfg, seeds, members,
                                   keep_rows=(restored.driver["rows"] if restored else 0) if resume else None)
     try:
         if restored is not None:
@@ -388,9 +418,9 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             init_c = compiled.init()
             t_compile += time.perf_counter() - t0
             t0 = time.perf_counter()
-            state = jax.block_until_ready(init_c(seed_keys(seeds, compiled.sharding)))
+            state = jax.block_until_ready(init_c(keys, hparams))
             t_prefill = time.perf_counter() - t0
-            start_chunk, prev_train = 0, [None] * len(seeds)
+            start_chunk, prev_train = 0, [None] * len(members)
         rows = list(writer.rows) if writer else []
         if start_chunk < n_chunks:
             t0 = time.perf_counter()
@@ -412,12 +442,12 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                 stale_after = _drop_stale(ckpt, stale_after)
                 ckpt.save(c, state, driver(c))
             t_c = time.perf_counter()
-            state, metrics = chunk_c(state, jnp.int32(c * L))
+            state, metrics = chunk_c(state, hparams, jnp.int32(c * L))
             metrics = to_host(metrics)
             dt = time.perf_counter() - t_c
             if c == _inject_nan_at_chunk:
                 state, metrics = _inject_nan(cfg, state, metrics, c * L, _inject_nan_into)
-            _check_finite(cfg, state, metrics, c, seeds, ckpt, log_fn)
+            _check_finite(cfg, state, metrics, c, names, ckpt, log_fn)
             n_train_iters = max(0, min(n_iters, (c + 1) * L) - c * L)
             sps = n_train_iters * E / dt if dt > 0 else float("nan")
             new_rows = []
@@ -425,8 +455,8 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                 i = c * L + j
                 if i > n_iters:
                     break
-                for s_idx, seed in enumerate(seeds):
-                    row = {"seed": seed, "env_steps": i * E, "env_steps_per_s": sps}
+                for s_idx, member in enumerate(members):  # {"seed": s} and the swept values
+                    row = {**member, "env_steps": i * E, "env_steps_per_s": sps}
                     if prev_train[s_idx] is not None:
                         row.update(prev_train[s_idx])
                     for k in EVAL_METRICS:  # evaluation-phase metrics belong to the step evaluated
@@ -449,10 +479,10 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         if ckpt is not None and every_chunks and start_chunk < n_chunks:
             ckpt.save(n_chunks, state, driver(n_chunks, final=True))
         steps_run = (n_iters - min(start_chunk * L, n_iters)) * E
-        summary = runlog.summarize(rows, seeds)
+        summary = runlog.summarize(rows, seeds, members)
         summary.update(compile_s=t_compile, prefill_s=t_prefill, train_s=t_total,
                        env_steps_per_s=steps_run / t_total if t_total > 0 and steps_run else float("nan"),
-                       n_seeds=len(seeds))
+                       n_seeds=len(seeds), n_members=len(members))
         if restored is not None:
             summary["resumed_from_env_steps"] = restored.driver["env_steps"]
         if writer:
@@ -471,6 +501,12 @@ def _drop_stale(ckpt, stale_after):
     if ckpt is not None and stale_after is not None:
         ckpt.delete_after(stale_after)
     return None
+
+
+def member_name(member: dict):
+    """How messages name a member: its seed, with the swept values if any ("0 (guide_scale=3)")."""
+    swept = [f"{k}={v:g}" for k, v in member.items() if k != "seed"]
+    return f"{member['seed']} ({', '.join(swept)})" if swept else member["seed"]
 
 
 def _check_finite(cfg, state, metrics, c, seeds, ckpt, log_fn):

@@ -40,7 +40,7 @@ def time_phase(fn, state, key, repeats):
 
 def measure(cfg, n_seeds, repeats):
     prog, init, _ = loop.compile_program(cfg, n_seeds)
-    state = jax.block_until_ready(init(loop.seed_keys(list(range(n_seeds)))))
+    state = jax.block_until_ready(init(*loop.member_inputs(cfg, [{"seed": s} for s in range(n_seeds)])))
     keys = jax.random.split(jax.random.PRNGKey(1), n_seeds)
     out = {}
     for name, fn in prog.phases.items():

@@ -149,7 +149,7 @@ def main(_):
     if "raw_env" in only or "collection" in only:
         res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), n_steps)
     prog, init, _ = loop.compile_program(base, 1, jax.devices()[:1])
-    state = jax.block_until_ready(init(loop.seed_keys([0])))
+    state = jax.block_until_ready(init(*loop.member_inputs(base, [{"seed": 0}])))
     keys = jax.random.split(jax.random.PRNGKey(1), 1)
     if "collection" in only:
         # one seed as the CLI runs it (no seed vmap: resets computed only when an episode ends),
@@ -217,15 +217,16 @@ def main(_):
     for n_seeds in counts:
         _, init_n, chunk_n = loop.compile_program(base, n_seeds)
         sharding = loop.seed_sharding(n_seeds)
-        st = jax.block_until_ready(init_n(loop.seed_keys(list(range(n_seeds)), sharding)))
+        keys, hp = loop.member_inputs(base, [{"seed": s} for s in range(n_seeds)], sharding)
+        st = jax.block_until_ready(init_n(keys, hp))
         t0 = time.perf_counter()
-        comp = chunk_n.lower(st, jnp.int32(first)).compile()
+        comp = chunk_n.lower(st, hp, jnp.int32(first)).compile()
         c = time.perf_counter() - t0
         compiles = _COMPILES[0]
-        st, _ = comp(st, jnp.int32(first))  # warm-up (donates st)
+        st, _ = comp(st, hp, jnp.int32(first))  # warm-up (donates st)
         jax.block_until_ready(st)
         t0 = time.perf_counter()
-        st, m = comp(st, jnp.int32(first + L))
+        st, m = comp(st, hp, jnp.int32(first + L))
         jax.block_until_ready(m)
         t = (time.perf_counter() - t0) / L
         recompiles = _COMPILES[0] - compiles

@@ -12,6 +12,7 @@ values; flags given must match the run (only --total_env_steps may grow).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -32,7 +33,19 @@ flags.DEFINE_integer("seed", 0, "first seed; seeds are seed … seed+num_seeds-1
 flags.DEFINE_integer("total_env_steps", None, "env-step budget per seed (default: the preset's)")
 flags.DEFINE_string("backend", "mjx", f"Brax backend: {', '.join(C.BACKENDS)}")
 flags.DEFINE_string("preset", "auto", f"{', '.join(C.PRESETS)}; auto = paper on GPU/TPU, cpu on CPU")
-flags.DEFINE_float("guide_scale", None, "state-guide scale c (default: per task, halfcheetah sag 3, hopper eag 4; else sag 4, eag 3, reward 1)")
+# The SWEEPABLE settings (agdjax/config.py) take one value or a comma-separated list: a list
+# runs every value with every seed as members of one compiled program (a sweep).
+_SWEEP_HELP = {
+    "guide_scale": "state-guide scale c (default: per task, halfcheetah sag 3, hopper eag 4; else sag 4, "
+                   "eag 3, reward 1)",
+    "actor_lr_max": "cap of the adaptive actor learning rate (default: the preset's)",
+    "delta_ref": "initial action-guidance scale at 128 diffusion steps; delta_init = delta_ref * 128 / "
+                 "n_diffusion_steps (default: the preset's)",
+    "diffusion_lr": "Adam learning rate of the denoiser (and reward model) (default: the preset's)",
+}
+for _name in C.SWEEPABLE:
+    flags.DEFINE_string(_name, None, f"{_SWEEP_HELP.get(_name, _name)}; a comma-separated list "
+                        f"(e.g. 0,1,3) sweeps it: every value runs with every seed, in one program")
 flags.DEFINE_string("logdir", None, "run directory (default: runs/<task>_<guide>_<preset>_<time>)")
 flags.DEFINE_integer("checkpoint_every", None,
                      "env steps between Orbax checkpoints, rounded to whole chunks (default: the "
@@ -60,8 +73,8 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
                      "cluster environment)")
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
-_CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "guide_scale", "total_env_steps",
-                 "denoiser_dtype", "imagination", "scale_action_input")
+_CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "total_env_steps",
+                 "denoiser_dtype", "imagination", "scale_action_input") + C.SWEEPABLE
 
 
 def fail(msg: str):
@@ -72,6 +85,32 @@ def fail(msg: str):
 
 def _given(name: str) -> bool:
     return FLAGS[name].present > 0
+
+
+def parse_values(name: str, text: str) -> list:
+    """A SWEEPABLE flag's value: one number or a comma-separated list -> [float]; fails with one
+    line on anything else."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        fail(f"--{name}={text!r} is not allowed; give a number or numbers separated by commas, e.g. 0,1,3")
+    return values
+
+
+def _flag_values():
+    """{config field: value} of the config flags: a SWEEPABLE flag with one value sets its
+    field, with several it sets `sweep` ({name: [values]}); flags not given are None."""
+    values = {name: getattr(FLAGS, name) for name in _CONFIG_FLAGS if name not in C.SWEEPABLE}
+    sweep = {}
+    for name in C.SWEEPABLE:
+        text = getattr(FLAGS, name)
+        parsed = None if text is None else parse_values(name, text)
+        values[name] = parsed[0] if parsed and len(parsed) == 1 else None
+        if parsed and len(parsed) > 1:
+            sweep[name] = parsed
+    return values, sweep
 
 
 def _saved_run(logdir: str):
@@ -101,7 +140,8 @@ def build_config(task: str, platform: str, saved=None) -> C.Config:
     preset = C.resolve_preset(preset, platform)
     if FLAGS.total_env_steps is not None and FLAGS.total_env_steps <= 0:
         fail(f"--total_env_steps={FLAGS.total_env_steps} must be a positive integer")
-    values = {name: getattr(FLAGS, name) for name in _CONFIG_FLAGS}
+    values, sweep = _flag_values()
+    values["sweep"] = sweep
     if saved is not None:
         for k, v in C.saved_values(saved[0]).items():
             if k not in ("task", "preset") and not (k in _CONFIG_FLAGS and _given(k)):
@@ -116,14 +156,22 @@ def check_resume_flags(saved, platform: str, logdir: str):
     """Fails if a flag given on the command line differs from the saved run's value (before
     the config is built, so the message names that flag)."""
     saved_cfg = saved[0]
+    saved_sweep = saved_cfg.get("sweep") or {}
     for name in ("preset",) + _CONFIG_FLAGS:
         if name == "total_env_steps" or not _given(name):
             continue
         value = getattr(FLAGS, name)
         if name == "preset":
             value = C.resolve_preset(value, platform)
-        if name in saved_cfg and saved_cfg[name] != value:
-            fail(f"--resume: --{name}={value!r} differs from the run's {saved_cfg[name]!r} in "
+        shown = repr(value)
+        if name in C.SWEEPABLE:
+            parsed = parse_values(name, value)
+            shown, value = value, (parsed if len(parsed) > 1 else parsed[0])
+            old = saved_sweep.get(name, saved_cfg.get(name))
+        else:
+            old = saved_cfg.get(name, value)
+        if old != value:
+            fail(f"--resume: --{name}={shown} differs from the run's {old!r} in "
                  f"--logdir={logdir}; only --total_env_steps may change when resuming")
 
 
@@ -194,6 +242,16 @@ def _parse_flags(argv):
         raise
 
 
+def _sweep_text(cfg: C.Config, n_seeds: int) -> str:
+    """' sweep guide_scale=0,3 (4 members)' for a sweep, '' otherwise."""
+    if not cfg.sweep:
+        return ""
+    n = n_seeds
+    for _, values in cfg.sweep:
+        n *= len(values)
+    return " sweep " + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in cfg.sweep) + f" ({n} members)"
+
+
 def main_for(task: str | None):
     def main(argv):
         if len(argv) > 1:
@@ -244,9 +302,10 @@ def main_for(task: str | None):
         else:
             seeds = list(range(FLAGS.seed, FLAGS.seed + FLAGS.num_seeds))
         n_dev = jax.device_count()  # every host's, with --distributed
-        if len(seeds) % n_dev:
-            fail(f"--num_seeds={len(seeds)} cannot be split evenly over the {n_dev} devices; "
-                 f"use a multiple of {n_dev}")
+        n_members = len(C.members(cfg, seeds))
+        if n_members % n_dev:
+            what = f"the {n_members} members (seeds x swept values)" if cfg.sweep else f"--num_seeds={n_members}"
+            fail(f"{what} cannot be split evenly over the {n_dev} devices; use a multiple of {n_dev}")
         checkpoint_every = FLAGS.checkpoint_every or cfg.eval_every
 
         logdir = FLAGS.logdir or os.path.join(
@@ -261,7 +320,7 @@ def main_for(task: str | None):
 
         print(f"agdjax: preset={cfg.preset} device={platform} ({jax.devices()[0].device_kind}) "
               f"task={chosen} backend={cfg.backend} guide={cfg.guide} agent={cfg.agent} "
-              f"seeds={seeds} total_env_steps={cfg.total_env_steps} logdir={logdir}"
+              f"seeds={seeds}{_sweep_text(cfg, len(seeds))} total_env_steps={cfg.total_env_steps} logdir={logdir}"
               f"{' (resume)' if saved is not None else ''}", flush=True)
         from agdjax import loop
         try:

@@ -33,7 +33,7 @@ def _release_compiled_programs(request, smoke_runs):
     yield
     from agdjax import loop
     smoke_runs.clear()
-    loop._compiled.cache_clear()
+    loop._compiled_program.cache_clear()
     for value in vars(request.module).values():
         if hasattr(value, "cache_clear"):
             value.cache_clear()

@@ -75,6 +75,15 @@ BAD_VALUES = [
     (["--checkpoint_every=0"], ["--checkpoint_every=0", "positive"]),
     (["--checkpoint_every=-5"], ["--checkpoint_every=-5", "positive"]),
     (["--guide_scale=-1"], ["--guide_scale=-1", ">= 0"]),
+    # sweeps: a comma-separated list of a SWEEPABLE setting
+    (["--guide=sag", "--guide_scale=1,x"], ["--guide_scale='1,x'", "separated by commas"]),
+    (["--guide=sag", "--guide_scale=3,nan"], ["--guide_scale='3,nan'", "separated by commas"]),
+    (["--guide=sag", "--guide_scale=1,3,1"], ["--guide_scale=1,3,1", "repeats a value"]),
+    (["--guide=sag", "--guide_scale=0,-1"], ["--guide_scale=-1", ">= 0"]),
+    (["--guide_scale=0,3"], ["--guide_scale=0,3", "--guide=none has no guide scale"]),
+    (["--guide=sag", "--actor_lr_max=0,1e-4"], ["--actor_lr_max=0,0.0001", "positive"]),
+    (["--model_free", "--agent=ppo", "--diffusion_lr=1e-4,3e-4"], ["--diffusion_lr=0.0001,0.0003",
+                                                                  "--model_free"]),
     (["--denoiser_dtype=float16"], ["--denoiser_dtype='float16'", "float32, bfloat16"]),
     (["--num_seeds=abc"], ["--num_seeds=abc"]),
     (["--bogus_flag=1"], ["bogus_flag"]),
@@ -138,6 +147,7 @@ RESUME_MISMATCH = [
     (["--preset=cpu"], ["--preset='cpu'", "'smoke'"]),
     (["--backend=spring"], ["--backend='spring'", "'positional'"]),
     (["--guide_scale=2.5"], ["--guide_scale=2.5"]),
+    (["--guide_scale=0,3"], ["--guide_scale=0,3", "None"]),
     (["--num_seeds=2"], ["--seed/--num_seeds", "[0, 1]", "[0]"]),
     (["--seed=4"], ["--seed/--num_seeds", "[4]", "[0]"]),
     (["--total_env_steps=32"], ["--total_env_steps=32", "64"]),
@@ -182,3 +192,33 @@ def test_scale_action_input_flag_and_resume_keep_the_runs_value():
     assert build(["--preset=cpu"], saved=old, field="n_diffusion_steps") == Config().n_diffusion_steps != 16
     assert build(["--preset=cpu"], field="denoiser_hidden") == make_config("halfcheetah", "cpu").denoiser_hidden
     assert build(["--preset=cpu", "--scale_action_input=false"], saved=old) is False
+
+
+def test_sweep_flags_build_the_sweep_and_resume_keeps_it():
+    """A SWEEPABLE flag with one value sets its field, with several the sweep; on --resume the
+    run's sweep is kept, and one given again must match it."""
+    from absl import flags
+    from experiments import common
+    f = flags.FLAGS
+
+    def build(argv, saved=None):
+        f.unparse_flags()
+        f(["prog"] + argv)
+        try:
+            return common.build_config("halfcheetah", "cpu", saved)
+        finally:
+            f.unparse_flags()
+
+    cfg = build(["--preset=cpu", "--guide=sag", "--guide_scale=0,1,3", "--actor_lr_max=1e-4,3e-4"])
+    assert cfg.sweep == (("guide_scale", (0.0, 1.0, 3.0)), ("actor_lr_max", (1e-4, 3e-4)))
+    assert cfg.guide_scale is None
+    one = build(["--preset=cpu", "--guide=sag", "--guide_scale=2", "--diffusion_lr=1e-4"])
+    assert one.sweep == () and one.guide_scale == 2.0 and one.diffusion_lr == 1e-4
+    saved = ({**cfg.to_dict(), "c": [0.0, 1.0, 3.0]}, [0])
+    assert build(["--preset=cpu"], saved=saved).sweep == cfg.sweep
+    f.unparse_flags()
+    f(["prog", "--guide_scale=0,1,3"])
+    try:
+        common.check_resume_flags(saved, "cpu", "somewhere")  # the same list: accepted
+    finally:
+        f.unparse_flags()

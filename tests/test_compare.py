@@ -138,3 +138,27 @@ def test_cli(runs, tmp_path):
     p = subprocess.run([sys.executable, "-m", "agdjax.compare", str(tmp_path / "missing")], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "missing" in p.stderr
+
+
+def test_sweep_members_join_the_groups_of_their_values(tmp_path):
+    """A sweep run (guide_scale 0 and 3, seeds 0 and 1; rows carry the swept value) splits
+    into one group per value, and a separate run at guide_scale 3 joins the c=3 group."""
+    d = tmp_path / "sweep"
+    os.makedirs(d)
+    cfg = make_config("halfcheetah", "smoke", backend="spring", guide="sag", sweep={"guide_scale": [0.0, 3.0]})
+    members = [{"seed": s, "guide_scale": c} for c in (0.0, 3.0) for s in (0, 1)]
+    with open(d / "config.json", "w") as f:
+        json.dump({"config": {**cfg.to_dict(), "c": [0.0, 3.0]}, "seeds": [0, 1],
+                   "members": [dict(m, actor_lr_max=3e-5) for m in members]}, f)
+    with open(d / "metrics.jsonl", "w") as f:
+        for step in (0, 64):
+            for m in members:  # return: 10 * c + seed at the end
+                f.write(json.dumps({**m, "env_steps": step, "eval_return": (10 * m["guide_scale"] + m["seed"])
+                                    * step / 64}) + "\n")
+    single = write_run(tmp_path / "single", [5], {5: {0: 0.0, 64: 35.0}}, guide="sag", guide_scale=3.0)
+    result = compare.compare([str(d), single], str(tmp_path / "out"), steps=[64], reps=200)
+    groups = by_label(result)
+    assert set(groups) == {"sag c=0", "sag c=3"}
+    assert groups["sag c=0"]["n_seeds"] == 2 and groups["sag c=0"]["end"][0] == pytest.approx(0.5)
+    assert groups["sag c=3"]["n_seeds"] == 3 and groups["sag c=3"]["end"][0] == pytest.approx((30 + 31 + 35) / 3)
+    assert os.path.isfile(tmp_path / "out" / "compare.png")

@@ -116,3 +116,68 @@ def test_run_directory(smoke_runs, tmp_path):
     written = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert written == rows
     assert json.load(open(tmp_path / "summary.json"))["final_env_steps"] == 64
+
+
+# ---------------------------------------------------------------------------- sweeps
+def sweep_cfg():
+    """sag with guide_scale 0 and 3 (3 is halfcheetah's default c): with one seed, 2 members,
+    the member count of the seed-pair runs above, so the compiled program is the same one."""
+    return make_config("halfcheetah", "smoke", guide="sag", backend=FAST, sweep={"guide_scale": [0.0, 3.0]})
+
+
+def sweep(cache, seeds=(1,)):
+    key = ("sweep", tuple(seeds))
+    if key not in cache:
+        cache[key] = loop.run(sweep_cfg(), list(seeds), None, progress=False)
+    return cache[key]
+
+
+def _member_rows(rows, seed, scale):
+    return [r for r in rows if r["seed"] == seed and r["guide_scale"] == scale]
+
+
+def test_sweep_member_equals_the_same_configuration_run(smoke_runs):
+    """Member (guide_scale 3, seed 1) of a 2-member sweep is bit for bit seed 1 of a 2-seed run
+    at the default c = 3, and close to seed 1 run alone (see the test above); the rows carry
+    each member's swept value; c = 0 is a real member: no guide step, a different run."""
+    _, rows, summary = sweep(smoke_runs)
+    assert {(r["seed"], r["guide_scale"]) for r in rows} == {(1, 0.0), (1, 3.0)}
+    assert all(list(r)[:3] == ["seed", "guide_scale", "env_steps"] for r in rows)
+    _, rows_pair, _ = smoke(smoke_runs, guide="sag", seeds=(0, 1))
+    strip_scale = lambda rs: [{k: v for k, v in r.items() if k != "guide_scale"} for r in rs]
+    _assert_rows_close(strip_scale(_member_rows(rows, 1, 3.0)), _seed_rows(rows_pair, 1), rtol=0, atol=0)
+    _, rows_alone, _ = smoke(smoke_runs, guide="sag", seeds=(1,))
+    b = _seed_rows(rows_alone, 1)
+    a = strip_scale(_member_rows(rows, 1, 3.0))
+    _assert_rows_close(a[:1], b[:1], rtol=1e-2, atol=1e-3)
+    _assert_rows_close(a, b, rtol=0.25, atol=0.1)
+    c0 = _member_rows(rows, 1, 0.0)
+    trained = [r for r in c0 if "guide_step_ratio" in r]
+    assert trained and all(r["guide_step_ratio"] == 0.0 for r in trained)
+    assert all(r["guide_step_ratio"] > 0 for r in _member_rows(rows, 1, 3.0) if "guide_step_ratio" in r)
+    assert c0[-1]["eval_return"] != _member_rows(rows, 1, 3.0)[-1]["eval_return"]
+    assert [s["guide_scale"] for s in summary["final_eval_return_per_setting"]] == [0.0, 3.0]
+
+
+def test_sweep_checkpoints_resumes_and_records_its_members(smoke_runs, tmp_path):
+    """A sweep stopped after its first chunk and resumed equals the sweep that never stopped;
+    config.json records every member's values as used, and --resume keeps the sweep."""
+    _, rows_full, _ = sweep(smoke_runs)
+    with pytest.raises(loop._Interrupted):
+        loop.run(sweep_cfg(), [1], str(tmp_path), progress=False, checkpoint_every=32, _stop_after_chunk=1)
+    _, rows, summary = loop.run(sweep_cfg(), [1], str(tmp_path), progress=False, checkpoint_every=32,
+                                resume=True)
+    assert summary["resumed_from_env_steps"] == 32
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "env_steps_per_s"} for r in rs]
+    assert strip(rows) == strip(rows_full)
+    written = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert strip(written) == strip(rows_full)
+    saved = json.load(open(tmp_path / "config.json"))
+    assert saved["config"]["sweep"] == {"guide_scale": [0.0, 3.0]} and saved["config"]["c"] == [0.0, 3.0]
+    cfg = sweep_cfg()
+    assert saved["members"] == [{"seed": 1, "guide_scale": c, "actor_lr_max": cfg.actor_lr_max,
+                                 "delta_ref": cfg.delta_ref, "diffusion_lr": cfg.diffusion_lr} for c in (0.0, 3.0)]
+    assert sorted(os.listdir(tmp_path / "tb")) == ["seed_1_guide_scale_0", "seed_1_guide_scale_3"]
+    other = make_config("halfcheetah", "smoke", guide="sag", backend=FAST, sweep={"guide_scale": [0.0, 4.0]})
+    with pytest.raises(ValueError, match="sweep"):
+        loop.run(other, [1], str(tmp_path), progress=False, checkpoint_every=32, resume=True)
