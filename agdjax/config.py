@@ -10,6 +10,8 @@ import dataclasses
 import math
 from typing import Optional
 
+import numpy as np
+
 TASKS = ("halfcheetah", "hopper", "walker2d", "reacher")
 BACKENDS = ("mjx", "spring", "positional", "generalized")
 GUIDES = ("none", "sag", "eag", "reward")
@@ -216,8 +218,9 @@ def normalize_sweep(sweep) -> tuple:
             raise ConfigError(f"--{name}={values!r}: give numbers separated by commas, e.g. 0,1,3")
         if not values:
             raise ConfigError(f"--{name}: give at least one value")
-        if len(set(values)) != len(values):
-            raise ConfigError(f"--{name}={','.join(f'{v:g}' for v in values)} repeats a value; give each once")
+        if len({float(np.float32(v)) for v in values}) != len(values):  # the program gets float32
+            raise ConfigError(f"--{name}={','.join(repr(v) for v in values)} repeats a value (in float32); "
+                              f"give each once")
         items[name] = tuple(values)
     return tuple((k, items[k]) for k in SWEEPABLE if k in items and len(items[k]) > 1)
 
@@ -275,7 +278,8 @@ def validate(cfg: Config) -> Config:
                  "eval_episodes", "iters_per_chunk", "horizon", "n_diffusion_steps",
                  "denoiser_hidden", "denoiser_blocks", "diffusion_batch", "agent_batch", "tau"):
         _check_positive(name, getattr(cfg, name))
-    _check_positive("delta_ref", cfg.delta_ref)
+    for name in ("delta_ref", "actor_lr_max", "diffusion_lr"):
+        _check_positive(name, getattr(cfg, name))
     _check_positive("clamp_ref", cfg.clamp_ref)
     if not (isinstance(cfg.clamp_fraction, (int, float)) and 0.0 <= cfg.clamp_fraction <= 1.0):
         raise ConfigError(f"clamp_fraction={cfg.clamp_fraction!r} must be a number in [0, 1]")
@@ -320,9 +324,14 @@ def _validate_sweep(cfg: Config):
         flag = f"--{name}={','.join(f'{v:g}' for v in values)}"
         if cfg.model_free:
             raise ConfigError(f"{flag}: a sweep needs the world model; it is not allowed with --model_free")
+        if name == "actor_lr_max" and cfg.agent != "a2c":
+            raise ConfigError(f"{flag}: only --agent=a2c has an adaptive actor learning rate to cap")
         if name == "guide_scale":
             if cfg.guide == "none":
                 raise ConfigError(f"{flag}: --guide=none has no guide scale; choose a guide to sweep")
+            if cfg.imagination == "oracle":
+                raise ConfigError(f"{flag}: --imagination=oracle trains on the simulator, so the guide "
+                                  f"scale would change nothing the learner sees")
             for v in values:
                 _check_guide_scale(v)
         elif not all(math.isfinite(v) and v > 0 for v in values):
@@ -411,7 +420,11 @@ def make_config(task: str = "halfcheetah", preset: str = "paper", **overrides) -
     values = dict(_PRESETS[preset])
     values.update(_TASK_OVERRIDES.get(preset, {}).get(task, {}))
     values.update({k: v for k, v in overrides.items() if v is not None or k == "guide_scale"})
-    values["sweep"] = normalize_sweep(values.get("sweep", ()))
+    sweep = values.get("sweep", ())
+    for name, vs in (sweep.items() if isinstance(sweep, dict) else sweep):
+        if name in SWEEPABLE and len(vs) == 1:  # one value: a plain setting
+            values[name] = float(vs[0])
+    values["sweep"] = normalize_sweep(sweep)
     return validate(Config(task=task, preset=preset, **values))
 
 

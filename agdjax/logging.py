@@ -149,7 +149,7 @@ def _member_key(row_or_member):
 
 def _tb_name(member):
     """TensorBoard directory of a member: seed_<s>, then _<name>_<value> per swept value."""
-    return "seed_" + "_".join(str(member["seed"]) if k == "seed" else f"{k}_{v:g}" for k, v in member.items())
+    return "seed_" + "_".join(str(member["seed"]) if k == "seed" else f"{k}_{v!r}" for k, v in member.items())
 
 
 class RunWriter:
@@ -213,7 +213,18 @@ class RunWriter:
                         and math.isfinite(v):
                     tb.add_scalar(k, v, r["env_steps"])
         if any("eval_return" in r for r in rows):
-            plot_runs([(self.label, self.rows)], os.path.join(self.logdir, "curve.png"))
+            plot_runs(self._curves(), os.path.join(self.logdir, "curve.png"))
+
+    def _curves(self):
+        """[(label, rows)] for curve.png: the run, or one line per setting of a sweep."""
+        swept = [k for k in self.members[0] if k != "seed"]
+        if not swept:
+            return [(self.label, self.rows)]
+        by_setting = {}
+        for r in self.rows:
+            by_setting.setdefault(tuple(r[k] for k in swept), []).append(r)
+        return [(self.label + "".join(f" {k}={v:g}" for k, v in zip(swept, key)), rs)
+                for key, rs in by_setting.items()]
 
     def finish(self, summary):
         if self._kept is not None:

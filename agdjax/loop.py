@@ -129,7 +129,9 @@ def to_host(tree):
 
 class _Compiled:
     """The compiled init and run_chunk of one (cfg, n_seeds), compiled on first use and kept
-    for later runs in the same process (tests, sweeps, resuming in-process)."""
+    for later runs in the same process (tests, sweeps, resuming in-process). `cfg` is a
+    program_config: `prog` (its phases, for tools) holds the default SWEEPABLE values, not a
+    run's; rebuild it with make_train(run cfg) where they matter."""
 
     def __init__(self, cfg: Config, n_seeds: int):
         self.prog, self._init, self._run_chunk = compile_program(cfg, n_seeds)
@@ -357,38 +359,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
     t_prefill = 0.0
     if resume:
         t0 = time.perf_counter()
-        n_lines = runlog.count_rows(logdir)
-
-        def accept(d):
-            why = resume_mismatch(d.get("config", {}), d.get("seeds", []), cfg, seeds)
-            if why:
-                return why
-            if d["iters_per_chunk"] != L:
-                return "different iters_per_chunk"
-            if d["rows"] > n_lines:
-                return f"its {d['rows']} rows are not all in metrics.jsonl ({n_lines})"
-            if d["final"]:
-                return None if d["n_iters"] == n_iters else (
-                    "the final state of a shorter run (continuing uses the state before its last chunk)")
-            if d["next_chunk"] * L > n_iters:
-                return "past this run's budget"
-            return None
-
-        def valid_state(s):
-            bad = nonfinite_parameter(s, names)
-            return f"non-finite {bad[0]} (seeds {bad[1]})" if bad else None
-
-        restored = ckpt.restore(abstract, accept=accept, validate_state=valid_state)
-        if restored is None and ckpt.all_steps() and runlog.count_rows(logdir) > 0:
-            ckpt.close()
-            raise ValueError(f"cannot resume the run in {logdir}: it has checkpoints {ckpt.all_steps()} but none "
-                             f"restores into this program (made by an older agdjax, or damaged); nothing was "
-                             f"changed: start a new --logdir")
-        if restored is None:
-            log_fn(f"resume: no valid checkpoint in {ckpt.directory}; starting {logdir} from the beginning")
-        else:
-            log_fn(f"resume: continuing {logdir} from checkpoint step {restored.step} "
-                   f"(env step {restored.driver['env_steps']})")
+        restored = _restore(cfg, seeds, names, logdir, ckpt, abstract, log_fn)
         if restored is not None and restored.driver["final"]:  # same budget: nothing left to run
             log_fn(f"resume: the run in {logdir} is already complete")
             ckpt.close()
@@ -450,22 +421,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             _check_finite(cfg, state, metrics, c, names, ckpt, log_fn)
             n_train_iters = max(0, min(n_iters, (c + 1) * L) - c * L)
             sps = n_train_iters * E / dt if dt > 0 else float("nan")
-            new_rows = []
-            for j in range(L):
-                i = c * L + j
-                if i > n_iters:
-                    break
-                for s_idx, member in enumerate(members):  # {"seed": s} and the swept values
-                    row = {**member, "env_steps": i * E, "env_steps_per_s": sps}
-                    if prev_train[s_idx] is not None:
-                        row.update(prev_train[s_idx])
-                    for k in EVAL_METRICS:  # evaluation-phase metrics belong to the step evaluated
-                        ev = float(metrics[k][s_idx, j]) if k in metrics else float("nan")
-                        if math.isfinite(ev):
-                            row[k] = ev
-                    new_rows.append(row)
-                    prev_train[s_idx] = {k: float(v[s_idx, j]) for k, v in metrics.items()
-                                         if k not in EVAL_METRICS and not math.isnan(float(v[s_idx, j]))}
+            new_rows = chunk_rows(cfg, members, metrics, c * L, sps, prev_train)
             rows.extend(new_rows)
             if writer:
                 writer.write_rows(new_rows)
@@ -495,6 +451,74 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             ckpt.close()
 
 
+def _restore(cfg: Config, seeds, names, logdir: str, ckpt, abstract, log_fn):
+    """The newest checkpoint in `logdir` that can continue as (cfg, seeds), or None (the run
+    then starts over; nothing was written yet). names: the members' names for messages.
+
+    Raises:
+      ValueError: the run has checkpoints and rows but no checkpoint restores into this program.
+    """
+    L, n_iters = cfg.iters_per_chunk, cfg.n_iters
+    n_lines = runlog.count_rows(logdir)
+
+    def accept(d):
+        why = resume_mismatch(d.get("config", {}), d.get("seeds", []), cfg, seeds)
+        if why:
+            return why
+        if d["iters_per_chunk"] != L:
+            return "different iters_per_chunk"
+        if d["rows"] > n_lines:
+            return f"its {d['rows']} rows are not all in metrics.jsonl ({n_lines})"
+        if d["final"]:
+            return None if d["n_iters"] == n_iters else (
+                "the final state of a shorter run (continuing uses the state before its last chunk)")
+        if d["next_chunk"] * L > n_iters:
+            return "past this run's budget"
+        return None
+
+    def valid_state(s):
+        bad = nonfinite_parameter(s, names)
+        return f"non-finite {bad[0]} (seeds {bad[1]})" if bad else None
+
+    restored = ckpt.restore(abstract, accept=accept, validate_state=valid_state)
+    if restored is None and ckpt.all_steps() and runlog.count_rows(logdir) > 0:
+        ckpt.close()
+        raise ValueError(f"cannot resume the run in {logdir}: it has checkpoints {ckpt.all_steps()} but none "
+                         f"restores into this program (made by an older agdjax, or damaged); nothing was "
+                         f"changed: start a new --logdir")
+    if restored is None:
+        log_fn(f"resume: no valid checkpoint in {ckpt.directory}; starting {logdir} from the beginning")
+    else:
+        log_fn(f"resume: continuing {logdir} from checkpoint step {restored.step} "
+               f"(env step {restored.driver['env_steps']})")
+    return restored
+
+
+def chunk_rows(cfg: Config, members, metrics, first_iter: int, sps: float, prev_train: list) -> list:
+    """The metrics.jsonl rows of one chunk: per iteration i <= n_iters, one row per member,
+    {**member, env_steps: i*E, env_steps_per_s, the train metrics of iteration i-1 (at the env
+    steps they reached), the evaluation metrics of iteration i (at the step evaluated)}.
+    NaN placeholders are left out. `prev_train` (per member, the train metrics not yet
+    written) is updated in place."""
+    rows = []
+    for j in range(cfg.iters_per_chunk):
+        i = first_iter + j
+        if i > cfg.n_iters:
+            break
+        for m_idx, member in enumerate(members):  # {"seed": s} and the swept values
+            row = {**member, "env_steps": i * cfg.env_steps_per_iter, "env_steps_per_s": sps}
+            if prev_train[m_idx] is not None:
+                row.update(prev_train[m_idx])
+            for k in EVAL_METRICS:  # evaluation-phase metrics belong to the step evaluated
+                ev = float(metrics[k][m_idx, j]) if k in metrics else float("nan")
+                if math.isfinite(ev):
+                    row[k] = ev
+            rows.append(row)
+            prev_train[m_idx] = {k: float(v[m_idx, j]) for k, v in metrics.items()
+                                 if k not in EVAL_METRICS and not math.isnan(float(v[m_idx, j]))}
+    return rows
+
+
 def _drop_stale(ckpt, stale_after):
     """Removes the checkpoints newer than step `stale_after` (those of the run before a resume
     that the resumed run replaces); returns None, the new `stale_after` (nothing left to do)."""
@@ -505,7 +529,7 @@ def _drop_stale(ckpt, stale_after):
 
 def member_name(member: dict):
     """How messages name a member: its seed, with the swept values if any ("0 (guide_scale=3)")."""
-    swept = [f"{k}={v:g}" for k, v in member.items() if k != "seed"]
+    swept = [f"{k}={v!r}" for k, v in member.items() if k != "seed"]
     return f"{member['seed']} ({', '.join(swept)})" if swept else member["seed"]
 
 

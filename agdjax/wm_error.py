@@ -82,9 +82,11 @@ def advantage_corr(value_fn, gamma: float, im_obs, im_reward, im_terminal, sim_o
 def _config_from_dict(d: dict):
     """A Config from a run's config.json (fields the current Config does not know are left out)."""
     import dataclasses
-    from agdjax.config import Config, validate
+    from agdjax.config import Config, normalize_sweep, validate
     names = {f.name for f in dataclasses.fields(Config)}
-    return validate(Config(**{k: v for k, v in d.items() if k in names}))
+    values = {k: v for k, v in d.items() if k in names}
+    values["sweep"] = normalize_sweep(values.get("sweep") or {})
+    return validate(Config(**values))
 
 
 def load_run(run_dir: str):
@@ -98,6 +100,9 @@ def load_run(run_dir: str):
 
     saved, seeds = runlog.read_config(run_dir)
     cfg = _config_from_dict(saved)
+    if cfg.sweep:
+        raise ValueError(f"{run_dir} is a sweep ({', '.join(k for k, _ in cfg.sweep)}); this command takes "
+                         f"runs without a sweep")
     ck = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"), read_only=True)
     try:
         restored = ck.restore(_compiled(cfg, len(seeds)).abstract)

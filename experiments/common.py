@@ -334,5 +334,9 @@ def main_for(task: str | None):
               f"± {summary.get('final_eval_return_std', float('nan')):.1f} at "
               f"{summary.get('final_env_steps')} env steps; compile {summary['compile_s']:.0f}s, "
               f"train {summary['train_s']:.0f}s; run directory {logdir}", flush=True)
+        for setting in summary.get("final_eval_return_per_setting", []):  # a sweep: per setting
+            values = " ".join(f"{k}={v:g}" for k, v in setting.items() if k not in ("mean", "std", "n"))
+            print(f"  {values}: final eval return {setting['mean']:.1f} ± {setting['std']:.1f} "
+                  f"({setting['n']} seeds)", flush=True)
 
     app.run(main, flags_parser=_parse_flags)

@@ -78,7 +78,10 @@ BAD_VALUES = [
     # sweeps: a comma-separated list of a SWEEPABLE setting
     (["--guide=sag", "--guide_scale=1,x"], ["--guide_scale='1,x'", "separated by commas"]),
     (["--guide=sag", "--guide_scale=3,nan"], ["--guide_scale='3,nan'", "separated by commas"]),
-    (["--guide=sag", "--guide_scale=1,3,1"], ["--guide_scale=1,3,1", "repeats a value"]),
+    (["--guide=sag", "--guide_scale=1,3,1"], ["--guide_scale=1.0,3.0,1.0", "repeats a value"]),
+    (["--guide=sag", "--agent=ppo", "--actor_lr_max=1e-4,3e-4"], ["--actor_lr_max=0.0001,0.0003", "a2c"]),
+    (["--guide=sag", "--actor_lr_max=0"], ["--actor_lr_max=0", "positive"]),
+    (["--guide=sag", "--diffusion_lr=-1"], ["--diffusion_lr=-1", "positive"]),
     (["--guide=sag", "--guide_scale=0,-1"], ["--guide_scale=-1", ">= 0"]),
     (["--guide_scale=0,3"], ["--guide_scale=0,3", "--guide=none has no guide scale"]),
     (["--guide=sag", "--actor_lr_max=0,1e-4"], ["--actor_lr_max=0,0.0001", "positive"]),

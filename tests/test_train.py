@@ -156,7 +156,20 @@ def test_sweep_member_equals_the_same_configuration_run(smoke_runs):
     assert trained and all(r["guide_step_ratio"] == 0.0 for r in trained)
     assert all(r["guide_step_ratio"] > 0 for r in _member_rows(rows, 1, 3.0) if "guide_step_ratio" in r)
     assert c0[-1]["eval_return"] != _member_rows(rows, 1, 3.0)[-1]["eval_return"]
-    assert [s["guide_scale"] for s in summary["final_eval_return_per_setting"]] == [0.0, 3.0]
+    per_setting = summary["final_eval_return_per_setting"]
+    assert [s["guide_scale"] for s in per_setting] == [0.0, 3.0]
+    assert per_setting[1]["mean"] == _member_rows(rows, 1, 3.0)[-1]["eval_return"]
+
+
+def test_other_sweepables_reach_the_program_and_share_its_compile(smoke_runs):
+    """A delta_ref sweep runs in the compiled program of the guide-scale sweep (the swept
+    values are its inputs), and each member starts from its own delta = delta_ref * 128 / T."""
+    cfg = make_config("halfcheetah", "smoke", guide="sag", backend=FAST, sweep={"delta_ref": [0.005, 0.02]})
+    assert loop._compiled(cfg, 2) is loop._compiled(sweep_cfg(), 2)
+    _, rows, _ = loop.run(cfg, [1], None, progress=False)
+    for d in (0.005, 0.02):
+        first = next(r for r in rows if r["delta_ref"] == d and "action_guidance_scale" in r)
+        np.testing.assert_allclose(first["action_guidance_scale"], d * 128 / cfg.n_diffusion_steps, rtol=0.02)
 
 
 def test_sweep_checkpoints_resumes_and_records_its_members(smoke_runs, tmp_path):
@@ -177,7 +190,7 @@ def test_sweep_checkpoints_resumes_and_records_its_members(smoke_runs, tmp_path)
     cfg = sweep_cfg()
     assert saved["members"] == [{"seed": 1, "guide_scale": c, "actor_lr_max": cfg.actor_lr_max,
                                  "delta_ref": cfg.delta_ref, "diffusion_lr": cfg.diffusion_lr} for c in (0.0, 3.0)]
-    assert sorted(os.listdir(tmp_path / "tb")) == ["seed_1_guide_scale_0", "seed_1_guide_scale_3"]
+    assert sorted(os.listdir(tmp_path / "tb")) == ["seed_1_guide_scale_0.0", "seed_1_guide_scale_3.0"]
     other = make_config("halfcheetah", "smoke", guide="sag", backend=FAST, sweep={"guide_scale": [0.0, 4.0]})
     with pytest.raises(ValueError, match="sweep"):
         loop.run(other, [1], str(tmp_path), progress=False, checkpoint_every=32, resume=True)
