@@ -73,6 +73,7 @@ class Config:
     # --- trajectory diffusion world model
     horizon: int = 10
     n_diffusion_steps: int = 128
+    sampling_steps: Optional[int] = None  # reverse steps of imagination K <= T (respaced); None -> T
     tau: float = 1.0  # cosine-schedule temperature
     denoiser_hidden: int = 1024
     denoiser_blocks: int = 6
@@ -166,24 +167,31 @@ class Config:
         return TASK_GUIDE_SCALE.get((self.task, self.guide), DEFAULT_GUIDE_SCALE[self.guide])
 
     @property
+    def n_sampling_steps(self) -> int:
+        """K, the reverse steps of imagination: sampling_steps, else n_diffusion_steps (T).
+        K < T samples on the respaced chain (diffusion.respace); the per-step settings below
+        scale with K as they do with T."""
+        return self.n_diffusion_steps if self.sampling_steps is None else self.sampling_steps
+
+    @property
     def clamp_last_steps(self) -> int:
-        """Largest step index t with (t+1)/T <= clamp_fraction (T = n_diffusion_steps): the
-        sampler clamps mu_t - x_t for t <= this. T=128 -> 10 (the reference), 16 -> 0,
+        """Largest step index t with (t+1)/K <= clamp_fraction (K = n_sampling_steps): the
+        sampler clamps mu_t - x_t for t <= this. K=128 -> 10 (the reference), 16 -> 0,
         4 -> -1 (no clamp)."""
-        return math.floor(self.clamp_fraction * self.n_diffusion_steps + 1e-9) - 1
+        return math.floor(self.clamp_fraction * self.n_sampling_steps + 1e-9) - 1
 
     @property
     def clamp_value(self) -> float:
         """Bound of |mu_t - x_t| in the clamped steps: clamp_ref per step at
-        REF_DIFFUSION_STEPS steps, scaled by REF_DIFFUSION_STEPS / n_diffusion_steps, since
-        each of T steps moves about 1/T of the way (T=128 -> 0.25, the reference; T=16 -> 2)."""
-        return self.clamp_ref * REF_DIFFUSION_STEPS / self.n_diffusion_steps
+        REF_DIFFUSION_STEPS steps, scaled by REF_DIFFUSION_STEPS / K, since each of K steps
+        moves about 1/K of the way (K=128 -> 0.25, the reference; K=16 -> 2)."""
+        return self.clamp_ref * REF_DIFFUSION_STEPS / self.n_sampling_steps
 
     @property
     def delta_init(self) -> float:
         """Initial action-guidance scale: a per-step pull, delta_ref at REF_DIFFUSION_STEPS
-        steps, scaled by REF_DIFFUSION_STEPS / n_diffusion_steps (T=16 -> 0.04)."""
-        return self.delta_ref * REF_DIFFUSION_STEPS / self.n_diffusion_steps
+        steps, scaled by REF_DIFFUSION_STEPS / K (K=16 -> 0.04)."""
+        return self.delta_ref * REF_DIFFUSION_STEPS / self.n_sampling_steps
 
     @property
     def capacity_per_env(self) -> int:
@@ -283,6 +291,10 @@ def validate(cfg: Config) -> Config:
     _check_positive("clamp_ref", cfg.clamp_ref)
     if not (isinstance(cfg.clamp_fraction, (int, float)) and 0.0 <= cfg.clamp_fraction <= 1.0):
         raise ConfigError(f"clamp_fraction={cfg.clamp_fraction!r} must be a number in [0, 1]")
+    if cfg.sampling_steps is not None and not (isinstance(cfg.sampling_steps, int)
+                                               and 1 <= cfg.sampling_steps <= cfg.n_diffusion_steps):
+        raise ConfigError(f"--sampling_steps={cfg.sampling_steps!r} must be an integer in 1..{cfg.n_diffusion_steps} "
+                          f"(the number of diffusion steps the world model is trained with)")
     if cfg.prefill_steps < 0:
         raise ConfigError(f"--prefill_steps={cfg.prefill_steps} must be >= 0")
     if cfg.guide_scale is not None:

@@ -31,8 +31,37 @@ def cosine_schedule(n_steps: int, tau: float = 1.0, s: float = 0.008, max_beta: 
     u = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
     f = jnp.maximum(jnp.cos((u + s) / (1 + s) * jnp.pi / 2), 0.0) ** (2 * tau)  # cos(pi/2) < 0 in fp32
     betas = jnp.clip(1.0 - f[1:] / f[:-1], 0.0, max_beta).astype(jnp.float32)
-    alpha_bar = jnp.cumprod(1.0 - betas)
-    alpha_bar_prev = jnp.concatenate([jnp.ones((1,)), alpha_bar[:-1]])
+    return _schedule(betas, jnp.cumprod(1.0 - betas))
+
+
+def respace(sched: Schedule, n_steps: int):
+    """The reverse chain of a T-step schedule on `n_steps` = K <= T evenly spaced steps:
+    (Schedule of K steps, timesteps int32 [K]), timesteps[k] the step of the T-step chain that
+    step k stands for (what the denoiser is given as t).
+
+    Source: Nichol & Dhariwal (2021), "Improved DDPM", §4: the kept steps are
+    round(k (T-1)/(K-1)), k = 0..K-1 (the first and last step kept); alpha_bar_k is the T-step
+    alpha_bar at the kept step, beta_k = 1 - alpha_bar_k / alpha_bar_{k-1} (alpha_bar_{-1} = 1),
+    and the posterior is that of the K-step chain. K = T returns `sched` itself and 0..T-1.
+
+    Raises:
+      ValueError: n_steps is not in 1..T.
+    """
+    total = sched.betas.shape[0]
+    if not 1 <= n_steps <= total:
+        raise ValueError(f"sampling_steps={n_steps} must be in 1..{total} (the trained number of diffusion steps)")
+    if n_steps == total:
+        return sched, jnp.arange(total, dtype=jnp.int32)
+    stride = (total - 1) / max(n_steps - 1, 1)
+    kept = jnp.asarray(sorted({int(round(k * stride)) for k in range(n_steps)}), jnp.int32)
+    alpha_bar = sched.alpha_bar[kept]
+    betas = 1.0 - alpha_bar / jnp.concatenate([jnp.ones((1,), alpha_bar.dtype), alpha_bar[:-1]])
+    return _schedule(betas, alpha_bar), kept
+
+
+def _schedule(betas, alpha_bar) -> Schedule:
+    """The Schedule of a chain with these betas [T] and alpha_bar [T] (= cumprod(1 - betas))."""
+    alpha_bar_prev = jnp.concatenate([jnp.ones((1,), alpha_bar.dtype), alpha_bar[:-1]])
     posterior_var = betas * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
     return Schedule(
         betas=betas,

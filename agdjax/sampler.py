@@ -77,21 +77,25 @@ def env_actions(norm, a_norm, action_bound):
     return a_raw, norm.action.normalize(a_raw)
 
 
-def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidance, x_t, a_t, t_int, key):
+def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidance, x_t, a_t, t_int, key,
+                 model_t=None):
     """One guided reverse step t -> t-1 (module docstring, steps 1-5).
 
     s0 [B, obs_dim] normalised start states; x_t [B, H, obs_dim+2], a_t [B, H, act_dim]
-    normalised; t_int an int scalar; key split into (k_a, k_x) for the action and state noise.
+    normalised; t_int an int scalar, the step of `sched`; model_t the step of the trained
+    chain that the denoiser is given (default t_int; differs on a respaced chain,
+    `diffusion.respace`); key split into (k_a, k_x) for the action and state noise.
     Returns (x_prev, a_prev, (mu_pi, sigma_pi, guide_ratio)), guide_ratio = ||c sigma_t^4 G||
     / ||x0_hat states|| (0 for guide none).
     """
     b, _, d = x_t.shape
     obs_dim = d - 2
     t = jnp.full((b,), t_int)
+    t_model = t if model_t is None else jnp.full((b,), model_t)
     k_a, k_x = jax.random.split(key)
     # 1-2: predict x0 from the environment-range actions, posterior
     a_env = env_actions(norm, a_t, g.action_bound)[1]
-    x0_hat = diffusion.inpaint(fns.denoise(x_t, diffusion.scaled_actions(sched, a_env, t, g.scale_actions), t), s0)
+    x0_hat = diffusion.inpaint(fns.denoise(x_t, diffusion.scaled_actions(sched, a_env, t, g.scale_actions), t_model), s0)
     mu, sigma = diffusion.posterior(sched, x0_hat, x_t, t)
     # 3: policy guidance on actions (raw units) at the predicted clean states, then noise
     s_hat_raw = norm.obs.unnormalize(x0_hat[..., :obs_dim])
@@ -120,7 +124,7 @@ def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, del
            guide: str, guide_scale: float, gamma: float, act_dim: int, horizon: int,
            clip_sigmas: float = 3.0, clamp_last_steps: int = 10, clamp_value: float = 0.25,
            action_bound: Optional[float] = 1.0, action_guidance: bool = True,
-           scale_actions: bool = True) -> Imagined:
+           scale_actions: bool = True, timesteps=None) -> Imagined:
     """Generates trajectories from start states s0_raw [B, obs_dim] (raw units).
 
     `delta`: action-guidance scale (scalar). `guide` in none/sag/eag/reward with scale c =
@@ -129,7 +133,9 @@ def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, del
     stores (None: the raw action, as the training program does),
     which the denoiser and the reward model see. `action_guidance=False` disables the policy
     step (for tests/ablations). `scale_actions`: the denoiser sees sqrt(alpha_bar_t) * a (as
-    in training; `diffusion.scaled_actions`).
+    in training; `diffusion.scaled_actions`). `timesteps` [K]: with a respaced `sched` of K
+    steps (`diffusion.respace`), the trained chain's step that each step stands for (given
+    to the denoiser); None: `sched` is the trained chain.
     """
     b, obs_dim = s0_raw.shape
     n_steps = sched.betas.shape[0]
@@ -141,11 +147,14 @@ def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, del
     a = jax.random.normal(k_a, (b, horizon, act_dim))
 
     def body(carry, inputs):
-        x_prev, a_prev, info = reverse_step(fns, sched, norm, s0, g, *carry, *inputs)
+        t, key, model_t = inputs
+        x_prev, a_prev, info = reverse_step(fns, sched, norm, s0, g, *carry, t, key, model_t)
         return (x_prev, a_prev), info
 
     ts = jnp.arange(n_steps - 1, -1, -1)
-    (x0, a0), (mu_pi, sigma_pi, ratio) = jax.lax.scan(body, (x, a), (ts, jax.random.split(k_loop, n_steps)))
+    model_ts = ts if timesteps is None else jnp.asarray(timesteps)[ts]
+    (x0, a0), (mu_pi, sigma_pi, ratio) = jax.lax.scan(body, (x, a), (ts, jax.random.split(k_loop, n_steps),
+                                                                     model_ts))
     obs, reward, term = unpack(norm, x0)
     chex.assert_shape(obs, (b, horizon, obs_dim))
     guide_step_ratio = ratio[:-1].sum() / max(n_steps - 1, 1)  # steps t >= 1 (the last one is t = 0)

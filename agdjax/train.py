@@ -114,6 +114,7 @@ def make_train(cfg: Config) -> Program:
     obs_dim, act_dim = env.observation_size, env.action_size
     mods = make_modules(cfg, act_dim)
     sched = diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau)
+    sample_sched, sample_timesteps = diffusion.respace(sched, cfg.n_sampling_steps)  # imagination's chain
     denoiser_tx = optax.adam(cfg.diffusion_lr)
     reward_tx = optax.adam(cfg.diffusion_lr)
     nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
@@ -218,12 +219,13 @@ def make_train(cfg: Config) -> Program:
             actor=lambda o: mods.actor.apply(ag.actor, o),
             value=lambda o: mods.critic.apply(ag.critic, o),
             reward=lambda o, a: mods.reward_model.apply(state.reward_model, o, a))
-        return sample(fns, sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
+        return sample(fns, sample_sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                       clamp_value=cfg.clamp_value, horizon=cfg.horizon,
                       action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
-                      scale_actions=cfg.scale_action_input)
+                      scale_actions=cfg.scale_action_input,
+                      timesteps=None if cfg.n_sampling_steps == cfg.n_diffusion_steps else sample_timesteps)
 
     def oracle_imagine(state: TrainState, key, s0, physics):
         """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the

@@ -39,6 +39,7 @@ flags.DEFINE_list("seeds", None, "seed counts of the end-to-end section (default
                   "--quick); empty skips it")
 flags.DEFINE_list("only", None, "measure only these sections: raw_env, collection, imagination, "
                   "denoiser_training, seeds (default: all)")
+flags.DEFINE_integer("sampling_steps", None, "reverse steps of imagination K <= T (respaced; default T)")
 flags.DEFINE_integer("diffusion_updates", 20, "denoiser updates per timed training call")
 flags.DEFINE_string("out", None, "JSON path")
 FLAGS = flags.FLAGS
@@ -132,7 +133,8 @@ def main(_):
     quick = FLAGS.quick
     preset = FLAGS.preset or ("smoke" if quick else "cpu")
     backend = FLAGS.backend or ("positional" if quick else "mjx")
-    base = make_config(FLAGS.task, preset, backend=backend, guide="sag", denoiser_dtype=FLAGS.denoiser_dtype)
+    base = make_config(FLAGS.task, preset, backend=backend, guide="sag", denoiser_dtype=FLAGS.denoiser_dtype,
+                       sampling_steps=FLAGS.sampling_steps)
     res = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
            "n_devices": jax.device_count(), "task": base.task, "backend": backend, "preset": preset,
            "denoiser_dtype": FLAGS.denoiser_dtype, "quick": quick,
@@ -168,7 +170,7 @@ def main(_):
     fwd_flops, grad_flops = denoiser_flops(base, prog, state)
     if "imagination" in only:
         res["imagination"] = {"batch": base.agent_batch, "horizon": base.horizon,
-                              "n_diffusion_steps": base.n_diffusion_steps}
+                              "n_diffusion_steps": base.n_diffusion_steps, "sampling_steps": base.n_sampling_steps}
         for guide in GUIDES:
             cfg = dataclasses.replace(base, guide=guide)
             p = loop.make_train(cfg)
@@ -176,7 +178,7 @@ def main(_):
             c, t, comp = timed(fn, state, keys)
             res["imagination"][guide] = {
                 "transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
-                "denoiser_flops_per_call": fwd_flops * cfg.n_diffusion_steps}
+                "denoiser_flops_per_call": fwd_flops * cfg.n_sampling_steps}
         t_none = res["imagination"]["none"]["s_per_call"]
         for guide in GUIDES:
             res["imagination"][guide]["cost_vs_none"] = res["imagination"][guide]["s_per_call"] / t_none

@@ -59,6 +59,9 @@ flags.DEFINE_float("progress_every_s", 30.0, "seconds between plain progress lin
 flags.DEFINE_enum("log_level", "warning", ["warning", "info", "debug"],
                   "console logging of Orbax, absl and other libraries (warnings and errors always "
                   "show; info brings back Orbax's per-checkpoint lines)")
+flags.DEFINE_integer("sampling_steps", None, "reverse diffusion steps of imagination K <= T: the trained "
+                     "T-step model sampled on K evenly spaced steps (respacing, Nichol & Dhariwal 2021); "
+                     "faster, less faithful (default: T)")
 flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser: float32 or bfloat16 "
                     "(fp32 weights, accumulation and loss; default: the preset's, float32)")
 flags.DEFINE_bool("scale_action_input", None, "the denoiser sees sqrt(alpha_bar_t) * a (true, the "
@@ -74,7 +77,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "total_env_steps",
-                 "denoiser_dtype", "imagination", "scale_action_input") + C.SWEEPABLE
+                 "denoiser_dtype", "imagination", "scale_action_input", "sampling_steps") + C.SWEEPABLE
 
 
 def fail(msg: str):

@@ -87,6 +87,8 @@ BAD_VALUES = [
     (["--guide=sag", "--actor_lr_max=0,1e-4"], ["--actor_lr_max=0,0.0001", "positive"]),
     (["--model_free", "--agent=ppo", "--diffusion_lr=1e-4,3e-4"], ["--diffusion_lr=0.0001,0.0003",
                                                                   "--model_free"]),
+    (["--sampling_steps=0"], ["--sampling_steps=0", "1..4"]),
+    (["--sampling_steps=5"], ["--sampling_steps=5", "1..4", "diffusion steps"]),
     (["--denoiser_dtype=float16"], ["--denoiser_dtype='float16'", "float32, bfloat16"]),
     (["--num_seeds=abc"], ["--num_seeds=abc"]),
     (["--bogus_flag=1"], ["bogus_flag"]),

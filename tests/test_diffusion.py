@@ -158,3 +158,77 @@ def test_action_input_scaling_per_preset():
     assert make_config("halfcheetah", "paper").scale_action_input
     assert not make_config("halfcheetah", "cpu").scale_action_input
     assert make_config("halfcheetah", "smoke").scale_action_input
+
+
+# ------------------------------------------------------------------ respaced sampling
+def test_respace_keeps_alpha_bar_at_evenly_spaced_steps():
+    """K < T: steps round(k (T-1)/(K-1)) kept (first and last among them), alpha_bar there
+    unchanged, betas those of the K-step chain (cumprod(1 - beta_k) = alpha_bar_k), and the
+    last reverse step's posterior puts all weight on x0_hat (Nichol & Dhariwal 2021 §4)."""
+    sched = diffusion.cosine_schedule(128, 1.0)
+    for k in (64, 32, 16, 5, 2):
+        short, kept = diffusion.respace(sched, k)
+        kept = np.asarray(kept)
+        assert len(kept) == k and kept[0] == 0 and kept[-1] == 127 and np.all(np.diff(kept) > 0)
+        np.testing.assert_array_equal(kept, np.round(np.arange(k) * 127 / (k - 1)).astype(int))
+        np.testing.assert_array_equal(np.asarray(short.alpha_bar), np.asarray(sched.alpha_bar)[kept])
+        np.testing.assert_allclose(np.cumprod(1 - np.asarray(short.betas, np.float64)),
+                                   np.asarray(short.alpha_bar), rtol=1e-5, atol=1e-7)  # float32 betas near 1 (spacing 6e-8)
+        np.testing.assert_allclose(float(short.coef_x0[0]), 1.0, rtol=1e-6)
+        assert float(short.coef_xt[0]) == 0.0
+    same, steps = diffusion.respace(sched, 128)
+    assert same is sched and np.array_equal(np.asarray(steps), np.arange(128))
+    with pytest.raises(ValueError, match="sampling_steps=129 must be in 1..128"):
+        diffusion.respace(sched, 129)
+
+
+def _sample_with(sched, timesteps, seen=None, x0=None, seed=1):
+    from agdjax import normalize
+    from agdjax.sampler import SamplerFns, sample
+    obs_dim, act_dim, b, h = 3, 2, 4, 5
+    x0 = jax.random.normal(jax.random.PRNGKey(0), (b, h, obs_dim + 2)) if x0 is None else x0
+    stats = lambda d: normalize.RunningStats(jnp.ones(()), jnp.zeros((d,)), jnp.ones((d,)))
+    norm = normalize.Normalizer(stats(obs_dim), stats(act_dim), stats(1))
+
+    def denoise(x_t, a, t):  # a perfect prediction, pulled a little by x_t so that steps matter
+        if seen is not None:
+            jax.debug.callback(lambda t_: seen.append(int(t_[0])), t)
+        return 0.9 * x0 + 0.1 * x_t + 0.01 * a.mean(-1, keepdims=True)
+
+    zero = lambda *args: jnp.zeros(args[0].shape[:-1])
+    actor = lambda o: (jnp.zeros(o.shape[:-1] + (act_dim,)), jnp.ones(o.shape[:-1] + (act_dim,)))
+    im = sample(SamplerFns(denoise, actor, zero, zero), sched, norm, x0[:, 0, :obs_dim],
+                jax.random.PRNGKey(seed), delta=0.1, guide="none", guide_scale=0.0, gamma=0.99,
+                act_dim=act_dim, horizon=h, clamp_last_steps=-1, timesteps=timesteps)
+    jax.effects_barrier()
+    return im
+
+
+def test_respacing_with_K_equal_T_is_the_unrespaced_sampler():
+    sched = diffusion.cosine_schedule(16, 1.0)
+    plain = _sample_with(sched, None)
+    respaced = _sample_with(*diffusion.respace(sched, 16))
+    for a, b in zip(plain, respaced):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_respaced_sampler_gives_the_denoiser_the_trained_steps():
+    """K = 4 of T = 16: the denoiser is called at the kept steps of the T-step chain, from
+    the noisiest down, and the result differs from the 16-step sample."""
+    sched = diffusion.cosine_schedule(16, 1.0)
+    seen = []
+    im = _sample_with(*diffusion.respace(sched, 4), seen=seen)
+    assert seen == [15, 10, 5, 0]
+    full = _sample_with(sched, None)
+    assert not np.allclose(np.asarray(im.obs), np.asarray(full.obs))
+
+
+def test_sampling_steps_setting():
+    """The per-step settings scale with K, not T; K is checked against T."""
+    from agdjax.config import ConfigError, make_config
+    cfg = make_config("halfcheetah", "paper", sampling_steps=16)
+    assert cfg.n_diffusion_steps == 128 and cfg.n_sampling_steps == 16
+    assert (cfg.clamp_last_steps, cfg.clamp_value, cfg.delta_init) == (0, 2.0, 0.04)
+    assert make_config("halfcheetah", "paper").n_sampling_steps == 128
+    with pytest.raises(ConfigError, match="--sampling_steps=200 must be an integer in 1..128"):
+        make_config("halfcheetah", "paper", sampling_steps=200)
