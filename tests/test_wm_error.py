@@ -182,3 +182,19 @@ def test_wm_error_command_compares_guides(smoke_oracle, capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_respacing_benchmark_on_a_checkpoint(smoke_oracle, capsys):
+    """benchmarks.respacing: per K, imagination speed and the world-model error of the run's
+    checkpoint (finite, written to JSON and a table); K outside 1..T is refused."""
+    from benchmarks import respacing
+    _, _, logdir = smoke_oracle
+    assert respacing.main([logdir, "--steps=4,2", "--batch=4", "--repeats=1"]) == 0
+    with open(f"{logdir}/respacing.json") as f:
+        res = json.load(f)
+    assert set(res) == {"4", "2", "_checkpoint"}
+    for k in ("4", "2"):
+        assert res[k]["transitions_per_s"] > 0 and math.isfinite(res[k]["wm_state_error_1"])
+    assert res["4"]["wm_state_error_1"] != res["2"]["wm_state_error_1"]
+    assert "| 2 |" in capsys.readouterr().out
+    assert respacing.main([logdir, "--steps=5"]) == 2
