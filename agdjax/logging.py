@@ -31,7 +31,7 @@ def summarize(rows, seeds, members=None):
     setting. members: config.members (default: one per seed)."""
     members = members if members is not None else [{"seed": s} for s in seeds]
     out = {"seeds": list(seeds)}
-    swept = [k for k in members[0] if k != "seed"] if members else []
+    swept = _swept(members)
     if swept:
         out["members"] = members
     curve = eval_curve(rows)
@@ -136,6 +136,11 @@ def config_record(cfg, seeds, members) -> dict:
             "members": [{**m, **{k: v[i] for k, v in hp.items()}} for i, m in enumerate(members)]}
 
 
+def _swept(members) -> list:
+    """The names a sweep varies between `members` (config.members): every key but the seed."""
+    return [k for k in members[0] if k != "seed"] if members else []
+
+
 def _member_key(row_or_member):
     """A row's or member's identity: its seed and swept values (the keys of a config.members entry
     other than metrics); rows carry exactly those before `env_steps`."""
@@ -217,7 +222,7 @@ class RunWriter:
 
     def _curves(self):
         """[(label, rows)] for curve.png: the run, or one line per setting of a sweep."""
-        swept = [k for k in self.members[0] if k != "seed"]
+        swept = _swept(self.members)
         if not swept:
             return [(self.label, self.rows)]
         by_setting = {}

@@ -224,8 +224,7 @@ def make_train(cfg: Config) -> Program:
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                       clamp_value=cfg.clamp_value, horizon=cfg.horizon,
                       action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
-                      scale_actions=cfg.scale_action_input,
-                      timesteps=None if cfg.n_sampling_steps == cfg.n_diffusion_steps else sample_timesteps)
+                      scale_actions=cfg.scale_action_input, timesteps=sample_timesteps)
 
     def oracle_imagine(state: TrainState, key, s0, physics):
         """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the

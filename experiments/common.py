@@ -39,8 +39,8 @@ _SWEEP_HELP = {
     "guide_scale": "state-guide scale c (default: per task, halfcheetah sag 3, hopper eag 4; else sag 4, "
                    "eag 3, reward 1)",
     "actor_lr_max": "cap of the adaptive actor learning rate (default: the preset's)",
-    "delta_ref": "initial action-guidance scale at 128 diffusion steps; delta_init = delta_ref * 128 / "
-                 "n_diffusion_steps (default: the preset's)",
+    "delta_ref": "initial action-guidance scale at 128 diffusion steps; delta_init = delta_ref * 128 / K, "
+                 "K the sampling steps (default: the preset's)",
     "diffusion_lr": "Adam learning rate of the denoiser (and reward model) (default: the preset's)",
 }
 for _name in C.SWEEPABLE:
@@ -245,14 +245,12 @@ def _parse_flags(argv):
         raise
 
 
-def _sweep_text(cfg: C.Config, n_seeds: int) -> str:
+def _sweep_text(cfg: C.Config, n_members: int) -> str:
     """' sweep guide_scale=0,3 (4 members)' for a sweep, '' otherwise."""
     if not cfg.sweep:
         return ""
-    n = n_seeds
-    for _, values in cfg.sweep:
-        n *= len(values)
-    return " sweep " + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in cfg.sweep) + f" ({n} members)"
+    return " sweep " + " ".join(f"{k}={','.join(f'{v:g}' for v in vs)}" for k, vs in cfg.sweep) + \
+        f" ({n_members} members)"
 
 
 def main_for(task: str | None):
@@ -323,7 +321,7 @@ def main_for(task: str | None):
 
         print(f"agdjax: preset={cfg.preset} device={platform} ({jax.devices()[0].device_kind}) "
               f"task={chosen} backend={cfg.backend} guide={cfg.guide} agent={cfg.agent} "
-              f"seeds={seeds}{_sweep_text(cfg, len(seeds))} total_env_steps={cfg.total_env_steps} logdir={logdir}"
+              f"seeds={seeds}{_sweep_text(cfg, n_members)} total_env_steps={cfg.total_env_steps} logdir={logdir}"
               f"{' (resume)' if saved is not None else ''}", flush=True)
         from agdjax import loop
         try:
