@@ -86,7 +86,8 @@ class Config:
     clamp_fraction: float = 11 / 128  # clamp mu_t - x_t over this last fraction of the reverse steps
     clamp_ref: float = 0.25  # bound of |mu_t - x_t| at REF_DIFFUSION_STEPS steps; see clamp_value
     reward_model_hidden: int = 256
-    denoiser_dtype: str = "float32"  # matmul dtype of the denoiser: float32 or bfloat16 (fp32 weights/loss)
+    denoiser_dtype: str = "float32"  # matmul dtype of the denoiser and of the guide's critic/actor/reward model
+    # inside the sampler: float32 or bfloat16 (fp32 weights, accumulation, loss; training stays fp32)
     wm_error_batch: int = 64  # trajectories of the world-model error at each evaluation (0: off)
 
     # --- policy guidance (PolyGRAD) on actions

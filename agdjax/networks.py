@@ -15,28 +15,75 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.custom_vjp
+def _matmul_f32(x, w):
+    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _matmul_f32_fwd(x, w):
+    return _matmul_f32(x, w), (x, w)
+
+
+def _matmul_f32_bwd(res, g):
+    """Both gradient matmuls at the operands' dtype with f32 sums too (left to autodiff, the
+    f32 cotangent would promote them to f32 matmuls)."""
+    x, w = res
+    g = g.astype(x.dtype)
+    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+    dw = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
+
+
+def dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """nn.Dense's `x [..., in] @ kernel [in, out]` that accumulates and returns float32 whatever
+    the operand dtype, forward and backward: bfloat16 operands then run on the CPU's bf16
+    dot-product units (AVX512-BF16 / AMX) or GPU tensor cores with fp32 sums (a bf16 result
+    would round every output). Raises ValueError for any other contraction."""
+    del precision, preferred_element_type
+    if tuple(map(tuple, dimension_numbers[0])) != ((lhs.ndim - 1,), (0,)) or any(dimension_numbers[1]):
+        raise ValueError(f"dot_accumulate_f32 contracts x's last axis with w's first, got {dimension_numbers}")
+    return _matmul_f32(lhs, rhs)
+
+
+def low_precision_dense(n: int, dtype) -> nn.Dense:
+    """nn.Dense(n) whose matmul takes `dtype` operands; params stay float32, and a low
+    precision dtype accumulates and returns float32 (`dot_accumulate_f32`)."""
+    if jnp.dtype(dtype) == jnp.float32:
+        return nn.Dense(n)
+    return nn.Dense(n, dtype=dtype, dot_general=dot_accumulate_f32)
+
+
 class MLP(nn.Module):
-    """Dense -> LayerNorm -> ELU for each hidden layer, then a Dense output."""
+    """Dense -> LayerNorm -> ELU for each hidden layer, then a Dense output. `dtype`: the
+    matmul operand dtype (`low_precision_dense`); LayerNorm, ELU and the output stay float32,
+    and the parameters are the same whatever the dtype."""
     hidden: Sequence[int]
     out: int
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         for h in self.hidden:
-            x = nn.elu(nn.LayerNorm()(nn.Dense(h)(x)))
-        return nn.Dense(self.out)(x)
+            x = nn.elu(nn.LayerNorm()(low_precision_dense(h, self.dtype)(x)))
+        return low_precision_dense(self.out, self.dtype)(x).astype(jnp.float32)
 
 
 class Actor(nn.Module):
-    """Gaussian policy on raw observations: returns (mean [.., act_dim], std [.., act_dim])."""
+    """Gaussian policy on raw observations: returns (mean [.., act_dim], std [.., act_dim]).
+    `dtype`: matmul operands (see MLP); the guide's copy uses the denoiser's."""
     act_dim: int
     hidden: int = 256
     init_std: float = 1.0
     min_std: float = 0.1
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, obs):
-        mean = jnp.tanh(MLP((self.hidden, self.hidden), self.act_dim)(obs))
+        mean = jnp.tanh(MLP((self.hidden, self.hidden), self.act_dim, self.dtype)(obs))
         b0 = math.log(self.init_std - self.min_std)
         b = self.param("log_std", nn.initializers.constant(b0), (self.act_dim,))
         std = jnp.exp(b) + self.min_std
@@ -44,21 +91,25 @@ class Actor(nn.Module):
 
 
 class Critic(nn.Module):
-    """State value V(s) on raw observations: obs [.., obs_dim] -> [..]."""
+    """State value V(s) on raw observations: obs [.., obs_dim] -> [..]. `dtype`: matmul
+    operands (see MLP)."""
     hidden: int = 256
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, obs):
-        return MLP((self.hidden, self.hidden), 1)(obs)[..., 0]
+        return MLP((self.hidden, self.hidden), 1, self.dtype)(obs)[..., 0]
 
 
 class RewardModel(nn.Module):
-    """r_phi(s, a) on raw obs/actions, for the `reward` guide: -> [..]."""
+    """r_phi(s, a) on raw obs/actions, for the `reward` guide: -> [..]. `dtype`: matmul
+    operands (see MLP)."""
     hidden: int = 256
+    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, obs, action):
-        return MLP((self.hidden, self.hidden), 1)(jnp.concatenate([obs, action], -1))[..., 0]
+        return MLP((self.hidden, self.hidden), 1, self.dtype)(jnp.concatenate([obs, action], -1))[..., 0]
 
 
 def policy_dist(mean, std) -> distrax.Distribution:
@@ -79,15 +130,6 @@ class RandomFourierTime(nn.Module):
         return jnp.concatenate([t, jnp.sin(f), jnp.cos(f)], -1)
 
 
-def dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`lax.dot_general` that accumulates and returns float32 whatever the operand dtype:
-    bfloat16 operands then run on the CPU's bf16 dot-product units (AVX512-BF16 / AMX) or
-    GPU tensor cores, with fp32 sums (a bf16 result would round every output)."""
-    del preferred_element_type
-    return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
-                               preferred_element_type=jnp.float32)
-
-
 class ResidualMLPDenoiser(nn.Module):
     """Predicts the clean trajectory x0 from a noisy one.
 
@@ -105,8 +147,7 @@ class ResidualMLPDenoiser(nn.Module):
         b, h, d = x_t.shape
         inp = jnp.concatenate([x_t.reshape(b, -1), actions.reshape(b, -1)], -1)
         embed = max(inp.shape[-1], 128)
-        low = jnp.dtype(self.dtype) != jnp.float32
-        dense = lambda n: nn.Dense(n, dtype=self.dtype, dot_general=dot_accumulate_f32 if low else None)
+        dense = lambda n: low_precision_dense(n, self.dtype)
         t_emb = RandomFourierTime(self.time_dim)(t)
         t_emb = dense(embed)(nn.silu(dense(embed)(t_emb)))
         z = dense(embed)(inp) + t_emb

@@ -60,19 +60,26 @@ class Program(NamedTuple):
 
 
 class Modules(NamedTuple):
+    """The networks. The `guide_*` ones are the actor, critic and reward model as the sampler
+    calls them: the same parameters, matmuls at the denoiser's precision (issue 11: the guide
+    costs what the denoiser does); they are never trained."""
     actor: Actor
     critic: Critic
     denoiser: ResidualMLPDenoiser
     reward_model: RewardModel
+    guide_actor: Actor
+    guide_critic: Critic
+    guide_reward_model: RewardModel
 
 
 def make_modules(cfg: Config, act_dim: int) -> Modules:
     dtype = jnp.bfloat16 if cfg.denoiser_dtype == "bfloat16" else jnp.float32
+    actor = lambda dt: Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std, dtype=dt)
     return Modules(
-        Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std),
-        Critic(cfg.hidden),
+        actor(jnp.float32), Critic(cfg.hidden),
         ResidualMLPDenoiser(cfg.denoiser_hidden, cfg.denoiser_blocks, dtype=dtype),
         RewardModel(cfg.reward_model_hidden),
+        actor(dtype), Critic(cfg.hidden, dtype=dtype), RewardModel(cfg.reward_model_hidden, dtype=dtype),
     )
 
 
@@ -216,9 +223,9 @@ def make_train(cfg: Config) -> Program:
         ag = state.agent
         fns = SamplerFns(
             denoise=lambda x, a, t: mods.denoiser.apply(state.denoiser_ema, x, a, t),
-            actor=lambda o: mods.actor.apply(ag.actor, o),
-            value=lambda o: mods.critic.apply(ag.critic, o),
-            reward=lambda o, a: mods.reward_model.apply(state.reward_model, o, a))
+            actor=lambda o: mods.guide_actor.apply(ag.actor, o),
+            value=lambda o: mods.guide_critic.apply(ag.critic, o),
+            reward=lambda o, a: mods.guide_reward_model.apply(state.reward_model, o, a))
         return sample(fns, sample_sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
                       guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
                       clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,

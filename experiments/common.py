@@ -62,8 +62,9 @@ flags.DEFINE_enum("log_level", "warning", ["warning", "info", "debug"],
 flags.DEFINE_integer("sampling_steps", None, "reverse diffusion steps of imagination K <= T: the trained "
                      "T-step model sampled on K evenly spaced steps (respacing, Nichol & Dhariwal 2021); "
                      "faster, less faithful (default: T)")
-flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser: float32 or bfloat16 "
-                    "(fp32 weights, accumulation and loss; default: the preset's, float32)")
+flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser and of the guide's networks "
+                    "inside the sampler: float32 or bfloat16 (fp32 weights, accumulation and loss; "
+                    "default: the preset's, float32)")
 flags.DEFINE_bool("scale_action_input", None, "the denoiser sees sqrt(alpha_bar_t) * a (true, the "
                   "reference; paper preset) or a unscaled (false; cpu preset). Default: the preset's")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "

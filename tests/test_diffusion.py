@@ -92,6 +92,16 @@ def test_bfloat16_denoiser_keeps_fp32_params_output_and_gradients():
     dots = [line for line in hlo.splitlines() if "dot_general" in line]
     assert dots and all("bf16" in line and "-> tensor<8x" in line and "xf32>" in line.split("->")[-1]
                         for line in dots), dots[:3]
+    # backward too: every matmul of the gradient takes bf16 operands (fp32 sums)
+    loss = lambda p: jnp.mean(bf16.apply(p, x_t, acts, t) ** 2)
+    hlo = jax.jit(jax.grad(loss)).lower(params).as_text()
+    dots = [line.split(":")[-1] for line in hlo.splitlines() if "dot_general" in line]
+    assert len(dots) >= 3 * 6 and all(line.count("bf16") == 2 and "xf32>" in line.split("->")[-1]
+                                      for line in dots), dots
+    grads32 = jax.grad(lambda p: jnp.mean(f32.apply(p, x_t, acts, t) ** 2))(params)
+    cos = [float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
+           for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads32)) if a.ndim == 2]
+    assert min(cos) > 0.99, cos
 
 
 # ------------------------------------------------------------------ settings tied to T

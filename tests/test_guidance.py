@@ -403,3 +403,52 @@ def test_delta_update_sign():
 def test_guide_scale_per_task(task, guide, c):
     assert make_config(task, "smoke", guide=guide).c == c
     assert make_config(task, "smoke", guide=guide, guide_scale=2.5).c == 2.5
+
+
+# ------------------------------------------------------------------ the guide at bf16 (issue 11)
+def test_bf16_guide_keeps_the_gradient_direction():
+    """The guide's networks at bf16 operands (fp32 params and accumulation): on a fixed batch
+    of HalfCheetah-sized states (obs 17, critic 2x128 as in the cpu preset, 64 x 10 states),
+    the state-guide gradient of sag and eag and the policy step keep cosine similarity >= 0.99
+    to fp32, and they do differ from it (bf16 is really used)."""
+    from agdjax.networks import Actor, Critic
+    obs_dim, act_dim, b, h = 17, 6, 64, 10
+    ks = jax.random.split(jax.random.PRNGKey(7), 6)
+    critic32, critic16 = Critic(128), Critic(128, dtype=jnp.bfloat16)
+    actor32, actor16 = Actor(act_dim, 128), Actor(act_dim, 128, dtype=jnp.bfloat16)
+    cp = critic32.init(ks[0], jnp.zeros((1, obs_dim)))
+    ap = actor32.init(ks[1], jnp.zeros((1, obs_dim)))
+    stats = lambda d, k: normalize.RunningStats(jnp.ones(()), jax.random.normal(k, (d,)),
+                                                jnp.exp(jax.random.normal(k, (d,))))
+    norm = normalize.Normalizer(stats(obs_dim, ks[2]), stats(act_dim, ks[3]), stats(1, ks[4]))
+    s_hat = jax.random.normal(ks[5], (b, h, obs_dim))
+    r_norm = jax.random.normal(ks[0], (b, h))
+    term = (jax.random.uniform(ks[1], (b, h)) > 0.9).astype(jnp.float32)
+    a_raw = jax.random.normal(ks[2], (b, h, act_dim))
+    cos = lambda x, y: float(jnp.vdot(x, y) / (jnp.linalg.norm(x) * jnp.linalg.norm(y)))
+    for guide in ("sag", "eag"):
+        g32, g16 = (state_guide_gradient(guide, s_hat, r_norm, term, a_raw, norm.obs, norm.reward,
+                                         lambda o, c=c: c.apply(cp, o), None, GAMMA) for c in (critic32, critic16))
+        assert cos(g16, g32) >= 0.99, (guide, cos(g16, g32))
+        assert float(jnp.abs(g16 - g32).max()) > 0, guide
+    s_raw = norm.obs.unnormalize(s_hat)
+    a32, a16 = (policy_guided_actions(lambda o, a=a: a.apply(ap, o), s_raw, a_raw, 0.1, 3.0, 1.0)[0]
+                for a in (actor32, actor16))
+    assert cos(a16 - a_raw, a32 - a_raw) >= 0.99
+    assert float(jnp.abs(a16 - a32).max()) > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_imagination_runs_the_guide_networks_at_the_denoiser_dtype(dtype):
+    """In the training program's imagination the critic's and the actor's matmuls (hidden 24 x
+    24, a size only they have here) take `denoiser_dtype` operands: bf16 with
+    --denoiser_dtype=bfloat16, fp32 otherwise."""
+    from agdjax.train import make_train
+    prog = make_train(make_config("halfcheetah", "smoke", guide="sag", hidden=24, denoiser_dtype=dtype))
+    state = jax.eval_shape(prog.init, jax.random.PRNGKey(0))
+    hlo = jax.jit(prog.phases["imagine"]).lower(state, jax.random.PRNGKey(1)).as_text()
+    dots = [line for line in hlo.splitlines() if "dot_general" in line and "24x24x" in line]
+    other = "f32" if dtype == "bfloat16" else "bf16"
+    mine = "bf16" if dtype == "bfloat16" else "f32"
+    assert len([d for d in dots if f"24x24x{mine}" in d]) >= 3, dots  # critic forward, backward; actor
+    assert not [d for d in dots if f"24x24x{other}" in d], dots
