@@ -444,7 +444,8 @@ def test_imagination_runs_the_guide_networks_at_the_denoiser_dtype(dtype):
     24, a size only they have here) take `denoiser_dtype` operands: bf16 with
     --denoiser_dtype=bfloat16, fp32 otherwise."""
     from agdjax.train import make_train
-    prog = make_train(make_config("halfcheetah", "smoke", guide="sag", hidden=24, denoiser_dtype=dtype))
+    prog = make_train(make_config("halfcheetah", "smoke", guide="sag", hidden=24, denoiser_dtype=dtype,
+                                  backend="positional"))
     state = jax.eval_shape(prog.init, jax.random.PRNGKey(0))
     hlo = jax.jit(prog.phases["imagine"]).lower(state, jax.random.PRNGKey(1)).as_text()
     dots = [line for line in hlo.splitlines() if "dot_general" in line and "24x24x" in line]
