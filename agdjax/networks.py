@@ -6,6 +6,7 @@ PolyGRAD (DESIGN §1 'Denoiser').
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -15,46 +16,51 @@ import jax
 import jax.numpy as jnp
 
 
-@jax.custom_vjp
-def _matmul_f32(x, w):
-    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_f32(x, w, dtype):
+    """x [..., in] @ w [in, out] with `dtype` operands and float32 sums -> float32 [..., out]."""
+    return jax.lax.dot_general(x.astype(dtype), w.astype(dtype), (((x.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
 
 
-def _matmul_f32_fwd(x, w):
-    return _matmul_f32(x, w), (x, w)
+def _matmul_f32_fwd(x, w, dtype):
+    return _matmul_f32(x, w, dtype), (x, w)
 
 
-def _matmul_f32_bwd(res, g):
-    """Both gradient matmuls at the operands' dtype with f32 sums too (left to autodiff, the
-    f32 cotangent would promote them to f32 matmuls)."""
+def _matmul_f32_bwd(dtype, res, g):
+    """Both gradient matmuls with `dtype` operands and f32 sums too (left to autodiff, the f32
+    cotangent would promote them to f32 matmuls); the gradients come back in the primal dtypes,
+    not rounded to `dtype`."""
     x, w = res
-    g = g.astype(x.dtype)
-    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    dw = jax.lax.dot_general(x2, g2, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    xl, wl, gl = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+    lead = tuple(range(x.ndim - 1))
+    dx = jax.lax.dot_general(gl, wl, (((g.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dw = jax.lax.dot_general(xl, gl, ((lead, lead), ((), ())), preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
 _matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
 
 
-def dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """nn.Dense's `x [..., in] @ kernel [in, out]` that accumulates and returns float32 whatever
-    the operand dtype, forward and backward: bfloat16 operands then run on the CPU's bf16
+def dot_accumulate_f32(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, *,
+                       dtype=jnp.bfloat16):
+    """nn.Dense's `x [..., in] @ kernel [in, out]` with `dtype` operands (cast here), summed and
+    returned in float32, forward and backward: bfloat16 operands then run on the CPU's bf16
     dot-product units (AVX512-BF16 / AMX) or GPU tensor cores with fp32 sums (a bf16 result
-    would round every output). Raises ValueError for any other contraction."""
+    would round every output), while the parameters, the bias and every gradient stay float32.
+    Reverse-mode only (a custom VJP: jax.jvp raises). Raises ValueError for another contraction."""
     del precision, preferred_element_type
     if tuple(map(tuple, dimension_numbers[0])) != ((lhs.ndim - 1,), (0,)) or any(dimension_numbers[1]):
         raise ValueError(f"dot_accumulate_f32 contracts x's last axis with w's first, got {dimension_numbers}")
-    return _matmul_f32(lhs, rhs)
+    return _matmul_f32(lhs, rhs, dtype)
 
 
 def low_precision_dense(n: int, dtype) -> nn.Dense:
-    """nn.Dense(n) whose matmul takes `dtype` operands; params stay float32, and a low
-    precision dtype accumulates and returns float32 (`dot_accumulate_f32`)."""
+    """nn.Dense(n) (float32 params and bias) whose matmul takes `dtype` operands with float32
+    sums (`dot_accumulate_f32`); plain nn.Dense for float32."""
     if jnp.dtype(dtype) == jnp.float32:
         return nn.Dense(n)
-    return nn.Dense(n, dtype=dtype, dot_general=dot_accumulate_f32)
+    return nn.Dense(n, dot_general=functools.partial(dot_accumulate_f32, dtype=dtype))
 
 
 class MLP(nn.Module):

@@ -102,6 +102,8 @@ def test_bfloat16_denoiser_keeps_fp32_params_output_and_gradients():
     cos = [float(jnp.vdot(a, b) / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads32)) if a.ndim == 2]
     assert min(cos) > 0.99, cos
+    kernel = grads["params"]["Dense_3"]["kernel"]  # a hidden layer's: summed in f32, not rounded to bf16
+    assert bool(jnp.any(kernel != kernel.astype(jnp.bfloat16).astype(jnp.float32)))
 
 
 # ------------------------------------------------------------------ settings tied to T
