@@ -35,13 +35,14 @@ table.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import re
 import sys
 import time
+
+from benchmarks.cli import Parser, UsageError, fail
 
 GROUPS = {  # TrainState field -> part of the plan; fields not named here are "other"
     "replay": "replay",
@@ -349,18 +350,9 @@ def plan_text(res: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- command line
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not argparse's usage block
-        raise _UsageError(message)
-
-
 def parse_args(argv):
-    """(namespace, list of N). Raises _UsageError with a one-line message."""
-    p = _Parser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
+    """(namespace, list of N). Raises UsageError with a one-line message."""
+    p = Parser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="halfcheetah")
     p.add_argument("--preset", default="paper")
     p.add_argument("--backend", default="mjx")
@@ -379,38 +371,34 @@ def parse_args(argv):
     try:
         ns = sorted({int(s) for s in a.num_seeds.split(",")})
     except ValueError:
-        raise _UsageError(f"--num_seeds={a.num_seeds!r}: give positive integers separated by commas, e.g. 1,2,4")
+        raise UsageError(f"--num_seeds={a.num_seeds!r}: give positive integers separated by commas, e.g. 1,2,4")
     if not ns or ns[0] < 1:
-        raise _UsageError(f"--num_seeds={a.num_seeds!r}: every N must be a positive integer")
+        raise UsageError(f"--num_seeds={a.num_seeds!r}: every N must be a positive integer")
     if not (math.isfinite(a.device_memory_gb) and a.device_memory_gb > 0):
-        raise _UsageError(f"--device_memory_gb={a.device_memory_gb:g} must be a positive number")
+        raise UsageError(f"--device_memory_gb={a.device_memory_gb:g} must be a positive number")
     if not 0 < a.memory_fraction <= 1:
-        raise _UsageError(f"--memory_fraction={a.memory_fraction:g} must be in (0, 1]")
+        raise UsageError(f"--memory_fraction={a.memory_fraction:g} must be in (0, 1]")
     return a, ns
 
 
 def _phases(arg, prog):
     """The phase names of --phases (None: every phase the run uses: wm_error only with
-    wm_error_batch > 0). Raises _UsageError."""
+    wm_error_batch > 0). Raises UsageError."""
     used = [k for k in prog.phases if k != "wm_error" or prog.cfg.wm_error_batch > 0]
     if arg is None:
         return used
     names = [s for s in arg.split(",") if s]
     bad = [s for s in names if s not in used]
     if bad:
-        raise _UsageError(f"--phases={arg!r}: {', '.join(bad)} is not a phase of this run; choose from "
+        raise UsageError(f"--phases={arg!r}: {', '.join(bad)} is not a phase of this run; choose from "
                           f"{', '.join(used)}")
     return names
 
 
 def main(argv=None) -> int:
-    def fail(msg):
-        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
-        return 2
-
     try:
         a, ns = parse_args(argv)
-    except _UsageError as e:
+    except UsageError as e:
         return fail(e)
     import jax
     from agdjax.config import ConfigError, make_config
@@ -422,7 +410,7 @@ def main(argv=None) -> int:
         cfg = make_config(a.task, a.preset, backend=a.backend, guide=a.guide, denoiser_dtype=a.denoiser_dtype,
                           wm_error_batch=a.wm_error_batch)
         phases = _phases(a.phases, make_train(cfg))
-    except (ConfigError, _UsageError) as e:
+    except (ConfigError, UsageError) as e:
         return fail(e)
     platform = jax.default_backend()
     res = {"device": jax.devices()[0].device_kind, "platform": platform, "n_devices_used": 1, "task": cfg.task,

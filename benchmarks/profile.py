@@ -7,7 +7,8 @@ float32 and bfloat16 side by side; and the bf16 guide against the fp32 one on a 
 Random weights at the preset's sizes (the work of a reverse step or an update does not depend
 on the values). Each part is jitted alone on the same inputs and timed as the best of
 --repeats calls after a warm-up; "whole" is the unsplit step, and "rest" = whole - sum of
-parts (what only the whole does: noise, the clamp, in-painting, fusion across parts). FLOPs
+parts (what only the whole does: noise, the clamp, in-painting; minus what fusion across parts
+saves; minus one call's dispatch overhead per part, which matters only at tiny sizes). FLOPs
 from XLA's cost analysis of each part, against the measured matmul peak of its dtype
 (bf16: bf16 operands, f32 sums): a part far under the peak is not matmul-bound.
 
@@ -23,7 +24,6 @@ fp32 ones is reported (min and mean over steps t >= 1).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -31,36 +31,15 @@ import sys
 import time
 
 
-def _best(fn, *args, repeats):
-    """(best seconds per call, compiled) of jit(fn)(*args), after one warm-up call."""
-    import jax
-    compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best, compiled
-
-
-def _flops(compiled) -> float:
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", float("nan")))
-    except Exception:  # best effort on some backends
-        return float("nan")
-
-
 def _measure(parts: dict, args, repeats: int, peak: float, inside=()) -> dict:
     """{part: {s, share, gflop_per_s, fraction_of_peak}} of the functions in `parts` (each
     called as fn(*args)); "whole" is the unsplit computation; the parts named in `inside` are
     contained in another part and left out of "rest" = whole - sum of the others."""
+    from benchmarks.throughput import flops_of, timed
     out = {}
     for name, fn in parts.items():
-        s, compiled = _best(fn, *args, repeats=repeats)
-        f = _flops(compiled)
+        _, s, compiled = timed(fn, *args, repeats=repeats)
+        f = flops_of(compiled)
         out[name] = {"s": s, "gflop_per_s": f / s / 1e9, "fraction_of_peak": f / s / peak}
     whole = out["whole"]["s"]
     out["rest"] = {"s": whole - sum(v["s"] for k, v in out.items() if k != "whole" and k not in inside)}
@@ -125,19 +104,20 @@ def reverse_step_parts(cfg, guide: str, repeats: int, peak: float, key: int = 0)
         a_env = env_actions(norm, a, g.action_bound)[1]
         return diffusion.inpaint(fns.denoise(x, diffusion.scaled_actions(sched, a_env, tb, g.scale_actions), tb), s0)
 
-    x0 = x0_hat_of(x_t, a_t)
+    # every input is an argument of the jitted part: a closed-over array would be folded at compile time
     parts = {
-        "denoiser": lambda x, a: x0_hat_of(x, a),
-        "posterior": lambda x, a: diffusion.posterior(sched, x0, x, tb),
-        "policy step": lambda x, a: policy_guided_actions(fns.actor, norm.obs.unnormalize(x0[..., :obs_dim]),
-                                                          norm.action.unnormalize(a), g.delta, g.clip_sigmas, 1.0),
+        "denoiser": lambda x, a, x0: x0_hat_of(x, a),
+        "posterior": lambda x, a, x0: diffusion.posterior(sched, x0, x, tb),
+        "policy step": lambda x, a, x0: policy_guided_actions(
+            fns.actor, norm.obs.unnormalize(x0[..., :obs_dim]), norm.action.unnormalize(a), g.delta,
+            g.clip_sigmas, 1.0),
     }
     if guide != "none":
-        parts["state guide"] = lambda x, a: state_guide_gradient(
+        parts["state guide"] = lambda x, a, x0: state_guide_gradient(
             guide, x0[..., :obs_dim], x0[..., -2], x0[..., -1], a, norm.obs, norm.reward, fns.value, fns.reward,
             g.gamma)
-    parts["whole"] = lambda x, a: reverse_step(fns, sched, norm, s0, g, x, a, t_int, ks[2])[:2]
-    return _measure(parts, (x_t, a_t), repeats, peak)
+    parts["whole"] = lambda x, a, x0: reverse_step(fns, sched, norm, s0, g, x, a, t_int, ks[2])[:2]
+    return _measure(parts, (x_t, a_t, x0_hat_of(x_t, a_t)), repeats, peak)
 
 
 def denoiser_update_parts(cfg, repeats: int, peak: float, key: int = 0) -> dict:
@@ -170,25 +150,27 @@ def denoiser_update_parts(cfg, repeats: int, peak: float, key: int = 0) -> dict:
     def ema(params, e):
         return optax.incremental_update(params, e, 1.0 - cfg.ema_decay)
 
-    def whole(q, o, e):
-        ww = rb.sample_windows(replay, k_w, cfg.diffusion_batch, cfg.horizon)
+    def whole(q, o, e, rp):
+        ww = rb.sample_windows(rp, k_w, cfg.diffusion_batch, cfg.horizon)
         xx, aa = normalize.pack(norm, ww.obs, ww.reward, ww.terminal), norm.action.normalize(ww.action)
         gr = jax.grad(loss)(q, xx, aa)
         upd, o = tx.update(gr, o, q)
         q = optax.apply_updates(q, upd)
         return q, o, ema(q, e)
 
+    # every input is an argument (a closed-over array would be folded at compile time)
     parts = {
-        "replay windows": lambda q, o, e: rb.sample_windows(replay, k_w, cfg.diffusion_batch, cfg.horizon),
-        "normalise": lambda q, o, e: (normalize.pack(norm, w.obs, w.reward, w.terminal),
-                                      norm.action.normalize(w.action)),
-        "loss forward": lambda q, o, e: loss(q, x0, acts),
-        "loss gradient": lambda q, o, e: jax.grad(loss)(q, x0, acts),
-        "Adam": lambda q, o, e: tx.update(grad, o, q),
-        "EMA": lambda q, o, e: ema(q, e),
-        "whole": whole,
+        "replay windows": lambda q, o, e, rp, w, x0, acts, gr: rb.sample_windows(rp, k_w, cfg.diffusion_batch,
+                                                                                   cfg.horizon),
+        "normalise": lambda q, o, e, rp, w, x0, acts, gr: (normalize.pack(norm, w.obs, w.reward, w.terminal),
+                                                            norm.action.normalize(w.action)),
+        "loss forward": lambda q, o, e, rp, w, x0, acts, gr: loss(q, x0, acts),
+        "loss gradient": lambda q, o, e, rp, w, x0, acts, gr: jax.grad(loss)(q, x0, acts),
+        "Adam": lambda q, o, e, rp, w, x0, acts, gr: optax.apply_updates(q, tx.update(gr, o, q)[0]),
+        "EMA": lambda q, o, e, rp, w, x0, acts, gr: ema(q, e),
+        "whole": lambda q, o, e, rp, w, x0, acts, gr: whole(q, o, e, rp),
     }
-    res = _measure(parts, (den, opt, den), repeats, peak, inside=("loss forward",))
+    res = _measure(parts, (den, opt, den, replay, w, x0, acts, grad), repeats, peak, inside=("loss forward",))
     res["windows_per_s"] = {"s": cfg.diffusion_batch / res["whole"]["s"]}
     return res
 
@@ -263,21 +245,27 @@ def _table(title: str, parts: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    from benchmarks.cli import Parser, UsageError, fail
+    p = Parser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="paper")
     p.add_argument("--task", default="halfcheetah")
     p.add_argument("--guide", default="sag", help="guide of the profiled reverse step: none, sag or eag")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--run_dir", default=None, help="a sag/eag run: the bf16 guide's cosine on its checkpoint")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/profile_<platform>_<preset>.json)")
-    a = p.parse_args(argv)
+    try:
+        a = p.parse_args(argv)
+    except UsageError as e:
+        return fail(e)
     from agdjax.config import PRESETS, TASKS
     for name, value, allowed in (("--preset", a.preset, PRESETS), ("--task", a.task, TASKS),
                                  ("--guide", a.guide, ("none", "sag", "eag"))):
         if value not in allowed:
-            p.exit(2, f"{p.prog}: {name}={value!r} is not one of {', '.join(allowed)}\n")
+            return fail(f"{name}={value!r} is not one of {', '.join(allowed)}")
     if a.repeats < 1:
-        p.exit(2, f"{p.prog}: --repeats={a.repeats} must be at least 1\n")
+        return fail(f"--repeats={a.repeats} must be at least 1")
+    if a.run_dir and not os.path.isfile(os.path.join(a.run_dir, "config.json")):
+        return fail(f"--run_dir={a.run_dir}: no run there (no config.json)")
     import jax
     import jax.numpy as jnp
     from agdjax.config import make_config
@@ -298,7 +286,10 @@ def main(argv=None) -> int:
                      f"({res[dtype]['denoiser_update']['windows_per_s']['s']:.0f} windows/s)",
                      res[dtype]["denoiser_update"]))
     if a.run_dir:
-        res["guide_cosine"] = c = guide_cosines(a.run_dir)
+        try:
+            res["guide_cosine"] = c = guide_cosines(a.run_dir)
+        except (ValueError, OSError) as e:
+            return fail(f"--run_dir={a.run_dir}: {e}")
         print(f"bf16 guide on {a.run_dir} (seed {c['seed']}, {c['env_steps']} env steps): cosine to fp32, "
               f"state guide min {c['state_guide_min']:.4f} mean {c['state_guide_mean']:.4f}; "
               f"policy step min {c['policy_step_min']:.4f} mean {c['policy_step_mean']:.4f}")
