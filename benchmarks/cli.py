@@ -21,3 +21,18 @@ def fail(msg) -> int:
     """Prints `error: msg` as one line on stderr; returns the exit status 2."""
     print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
     return 2
+
+
+def write_result(res: dict, path: str, text: str) -> None:
+    """Writes `res` as JSON to `path` (its folder made; written beside and renamed in, so a
+    killed benchmark never leaves half a file or destroys an earlier one), then prints `text`
+    and the path."""
+    import json
+    import os
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(res, f, indent=2)
+    os.replace(tmp, path)
+    print(text)
+    print(f"wrote {path}")

@@ -35,14 +35,13 @@ table.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
 import sys
 import time
 
-from benchmarks.cli import Parser, UsageError, fail
+from benchmarks.cli import Parser, UsageError, fail, write_result
 
 GROUPS = {  # TrainState field -> part of the plan; fields not named here are "other"
     "replay": "replay",
@@ -424,11 +423,7 @@ def main(argv=None) -> int:
     res.update(measure(cfg, ns, phases, log=lambda s: print(s, file=sys.stderr, flush=True)))
     res["plan"] = plan(res, a.device_memory_gb * 1e9 * a.memory_fraction)
     out = a.out or os.path.join("benchmarks", "results", f"memory_{platform}_{cfg.preset}.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=1)
-    print(table(res))
-    print(f"wrote {out}")
+    write_result(res, out, table(res))
     return 0
 
 

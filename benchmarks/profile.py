@@ -25,7 +25,6 @@ fp32 ones is reported (min and mean over steps t >= 1).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -245,7 +244,7 @@ def _table(title: str, parts: dict) -> str:
 
 
 def main(argv=None) -> int:
-    from benchmarks.cli import Parser, UsageError, fail
+    from benchmarks.cli import Parser, UsageError, fail, write_result
     p = Parser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="paper")
     p.add_argument("--task", default="halfcheetah")
@@ -295,10 +294,7 @@ def main(argv=None) -> int:
               f"policy step min {c['policy_step_min']:.4f} mean {c['policy_step_mean']:.4f}")
     res["load_average_after"] = os.getloadavg()
     out = a.out or os.path.join("benchmarks", "results", f"profile_{res['platform']}_{a.preset}.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
-    print(f"wrote {out}")
+    write_result(res, out, "")
     return 0
 
 

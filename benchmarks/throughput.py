@@ -18,7 +18,6 @@ fraction of peak is a lower bound of the work done.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
@@ -29,6 +28,7 @@ from absl import app, flags
 from agdjax import diffusion, envs, loop
 from agdjax.config import GUIDES, make_config
 from agdjax.train import make_modules
+from benchmarks.cli import write_result
 
 flags.DEFINE_bool("quick", False, "small sizes: a CPU check in a few minutes")
 flags.DEFINE_string("task", "halfcheetah", "task")
@@ -242,11 +242,7 @@ def main(_):
             v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
 
     out = FLAGS.out or os.path.join("benchmarks", "results", f"throughput_{res['platform']}_{preset}.json")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
-    print(markdown(res))
-    print(f"wrote {out}")
+    write_result(res, out, markdown(res))
 
 
 def markdown(res):
