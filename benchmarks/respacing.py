@@ -23,6 +23,8 @@ import os
 import sys
 import time
 
+from benchmarks.cli import fail
+
 
 def measure(run_dir: str, steps, batch: int = 256, repeats: int = 3, key: int = 0) -> dict:
     """{K: {transitions_per_s, s_per_call, compile_s, wm metrics (mean over seeds)}} and the
@@ -82,10 +84,6 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed imagination calls per K")
     p.add_argument("--out", default=None, help="JSON path (default RUN_DIR/respacing.json)")
     a = p.parse_args(argv)
-
-    def fail(msg):
-        print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)
-        return 2
 
     if not os.path.isfile(os.path.join(a.run_dir, "config.json")):
         return fail(f"{a.run_dir} holds no run (no config.json)")
