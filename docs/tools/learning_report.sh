@@ -8,6 +8,7 @@
 # Runs go one after the other, into OUT/<name>. Run it again to go on where it stopped: a run
 # with a summary.json of the full budget is skipped, a run cut short is --resume'd from its
 # newest checkpoint. OUT/harness.log records each command with its start and end time.
+# ONLY="eag oracle" runs just the named runs (e.g. two harnesses side by side on disjoint runs).
 # Afterwards: python -m agdjax.compare OUT/sag OUT/none OUT/eag OUT/ppo OUT/oracle --out OUT/report
 set -u
 OUT=${1:-runs/report9}
@@ -19,6 +20,7 @@ COMMON=(--preset=cpu --backend=mjx --total_env_steps=$STEPS --seed=$SEED --progr
 
 run() {  # run NAME NUM_SEEDS FLAGS...
   local name=$1 n=$2; shift 2
+  if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
   local dir="$OUT/$name"
   if [ -f "$dir/summary.json" ] && grep -q "\"final_env_steps\": $STEPS" "$dir/summary.json"; then
     echo "$(date -Is) skip $name: complete" >> "$OUT/harness.log"; return 0
