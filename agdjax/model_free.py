@@ -114,7 +114,7 @@ def make_model_free_train(cfg: Config) -> Program:
         policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
         return {"eval_return": envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length)}
 
-    run_chunk = make_run_chunk(cfg, eval_phase, train_iteration)
+    run_chunk = make_run_chunk(cfg, lambda state, key, reads: eval_phase(state, key), train_iteration)
 
     # "train" is a whole training iteration (steps_per_iter // rollout_length rollouts and
     # updates); "collect" one rollout, "update" one update on it, "batch" that update's GAE part.

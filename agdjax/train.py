@@ -83,35 +83,47 @@ def make_modules(cfg: Config, act_dim: int) -> Modules:
     )
 
 
-def make_run_chunk(cfg: Config, eval_phase, train_iteration):
+def make_run_chunk(cfg: Config, eval_phase, train_iteration, eval_reads=lambda state, key: None):
     """The schedule every program shares (DESIGN §2): iteration i evaluates if
     (i < n_iters and i*E % eval_every == 0) or i == n_iters, then trains if i < n_iters
     (metrics NaN otherwise); E = cfg.env_steps_per_iter.
 
-    eval_phase(state, key) -> {name: float32} (`eval_return` at least); train_iteration(state, before) -> (state,
-    {name: float32}), `before` the env steps done before the iteration; state.key is split
-    for the evaluation. Returns run_chunk(state, first_iter) -> (state, {name: [L]}): a
-    `lax.scan` over L = cfg.iters_per_chunk iterations; `first_iter` is an int32 scalar, not
-    vmapped, so the schedule's conds stay real branches under vmap.
+    eval_phase(state, key, reads) -> {name: float32} (`eval_return` at least), where reads =
+    eval_reads(state, key) is what the evaluation reads from the replay (small: a few start
+    states). train_iteration(state, before) -> (state, {name: float32}), `before` the env steps
+    done before the iteration; state.key is split for the evaluation. Returns
+    run_chunk(state, first_iter) -> (state, {name: [L]}): a `lax.scan` over L =
+    cfg.iters_per_chunk iterations; `first_iter` is an int32 scalar, not vmapped, so the
+    schedule's conds stay real branches under vmap.
+
+    The reads of iteration i+1 are taken at the end of iteration i, from the same state (so
+    the numbers do not change) and carried in the scan: read at the start of iteration i+1,
+    XLA cannot order them before the training's in-place writes to the replay and copies the
+    read buffers whole at every iteration (3 copies of replay.obs and replay.physics).
     """
     E = cfg.env_steps_per_iter
 
-    def iteration(state, i):
+    def with_reads(state):
+        return state, eval_reads(state, jax.random.split(state.key)[0])  # the next iteration's eval_key
+
+    def iteration(carry, i):
+        state, reads = carry
         before = i * E
         do_eval = (i < cfg.n_iters) & (before % cfg.eval_every == 0) | (i == cfg.n_iters)
         eval_key, key = jax.random.split(state.key)
         state = state.replace(key=key)
         nan_like = lambda shapes: jax.tree.map(lambda x: jnp.full(x.shape, jnp.nan, x.dtype), shapes)
-        eval_shapes = jax.eval_shape(eval_phase, state, eval_key)
-        ev = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key), lambda: nan_like(eval_shapes))
+        eval_shapes = jax.eval_shape(eval_phase, state, eval_key, reads)
+        ev = jax.lax.cond(do_eval, lambda: eval_phase(state, eval_key, reads), lambda: nan_like(eval_shapes))
         shapes = jax.eval_shape(train_iteration, state, before)[1]
         skip = lambda s, b: (s, nan_like(shapes))
         state, m = jax.lax.cond(i < cfg.n_iters, train_iteration, skip, state, before)
-        return state, dict(m, **ev)
+        return with_reads(state), dict(m, **ev)
 
     def run_chunk(state, first_iter):
         iters = first_iter + jnp.arange(cfg.iters_per_chunk, dtype=jnp.int32)
-        return jax.lax.scan(iteration, state, iters)
+        (state, _), metrics = jax.lax.scan(iteration, with_reads(state), iters)
+        return state, metrics
 
     return run_chunk
 
@@ -257,8 +269,12 @@ def make_train(cfg: Config) -> Program:
         """World-model error against the simulator (agdjax/wm_error.py) on cfg.wm_error_batch
         replayed start states, with the run's sampler and guide."""
         k_s, k_im = jax.random.split(key)
-        s0, physics = rb.sample_starts(state.replay, k_s, cfg.wm_error_batch)
-        im = diffusion_imagine(state, k_im, s0)
+        return wm_error_from(state, k_im, rb.sample_starts(state.replay, k_s, cfg.wm_error_batch))
+
+    def wm_error_from(state: TrainState, key, starts):
+        """wm_error_phase from given start states: (obs [B, obs_dim], physics [B, n_phys])."""
+        s0, physics = starts
+        im = diffusion_imagine(state, key, s0)
         template = jax.tree.map(lambda x: x[0], state.env.state)
         actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A], replayed open-loop
         sim_obs, _, sim_reward, sim_term = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
@@ -296,13 +312,25 @@ def make_train(cfg: Config) -> Program:
         state, m = jax.lax.scan(agent_update, state, jax.random.split(key, cfg.agent_updates_per_iter))
         return state, jax.tree.map(jnp.mean, m)
 
-    def eval_phase(state: TrainState, key):
+    def eval_reads(state: TrainState, key):
+        """The evaluation's reads of the replay: the world-model error's start states (None
+        when it is off), drawn as wm_error_phase draws them from the evaluation's key."""
+        if cfg.wm_error_batch == 0:
+            return None
+        k_s, _ = jax.random.split(jax.random.split(key)[1])
+        return rb.sample_starts(state.replay, k_s, cfg.wm_error_batch)
+
+    def evaluate(state: TrainState, key, starts):
         k_ev, k_wm = jax.random.split(key)
         m = {"eval_return": envs.evaluate(env, policy_mean(state.agent.actor), k_ev, cfg.eval_episodes,
                                           cfg.episode_length)}
-        if cfg.wm_error_batch > 0:
-            m.update({k: v for k, v in wm_error_phase(state, k_wm).items() if k in WM_METRICS})
+        if starts is not None:
+            _, k_im = jax.random.split(k_wm)
+            m.update({k: v for k, v in wm_error_from(state, k_im, starts).items() if k in WM_METRICS})
         return m
+
+    def eval_phase(state: TrainState, key):
+        return evaluate(state, key, eval_reads(state, key))
 
     def train_iteration(state: TrainState, before):
         key, k_col, k_dif, k_ag = jax.random.split(state.key, 4)
@@ -320,7 +348,7 @@ def make_train(cfg: Config) -> Program:
             m.update(am)
         return state, m
 
-    run_chunk = make_run_chunk(cfg, eval_phase, train_iteration)
+    run_chunk = make_run_chunk(cfg, evaluate, train_iteration, eval_reads)
     phases = {"collect": collect_phase, "diffusion": diffusion_phase, "agent": agent_phase,
               "eval": eval_phase, "imagine": imagine, "wm_error": wm_error_phase}
     return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)

@@ -75,6 +75,18 @@ def test_json_and_table(bench, real_state):
     assert "| replay |" in stdout and "| temporaries (activations) |" in stdout and "largest N on 80 GB" in stdout
 
 
+def test_run_chunk_does_not_copy_the_replay(bench):
+    """The evaluation's start states are read from the replay at the end of the iteration
+    before (train.make_run_chunk); read at the start of the evaluated iteration, XLA copied
+    replay.obs and replay.physics whole, 3 times, at every iteration (337 MB per seed at the
+    paper preset)."""
+    r, _ = bench
+    for n in ("1", "2"):
+        copies = r["run_chunk"]["by_n"][n]["state_copies"]
+        assert copies is not None
+        assert not [c for c in copies if any(leaf.startswith("replay.") for leaf in c["leaves"])], copies
+
+
 def test_plan_arithmetic():
     assert memory.max_seeds(80e9, 1e9, 2e9) == 39
     assert memory.max_seeds(10, 0, 3) == 3 and memory.max_seeds(9, 0, 3) == 3
