@@ -44,6 +44,7 @@ def test_quick_benchmark_writes_every_field(tmp_path):
     # denoiser training windows/s; FLOP/s against the matmul peak measured in the same run
     d = r["denoiser_training"]
     assert positive(d["windows_per_s"]) and positive(d["compile_s"]) and positive(d["flops_per_s"])
+    assert positive(d["windows_per_s_seed_vmap"])
     pk = r["matmul_peak_flops_per_s"]
     assert positive(pk["float32"]) and positive(pk["bfloat16"])
     assert math.isclose(d["fraction_of_peak"], d["flops_per_s"] / pk["float32"])
