@@ -3,7 +3,7 @@ on this machine (torch on the CPU, fp32, 2 threads), paper HalfCheetah settings,
 
     /work/torchvenv/bin/python benchmarks/reference_torch.py \\
         --reference_dir=/work/ref/AGD-MBRL --polygrad_dir=/work/ref/polygrad-world-models \\
-        --repeats=3 --out=benchmarks/results/reference_torch_cpu.json
+        --repeats=3 --out=docs/data/issue11/reference_torch_cpu.json
 
 Run with a torch environment of its own (`python3 -m venv /work/torchvenv &&
 /work/torchvenv/bin/pip install torch numpy einops`); this script imports neither jax nor
