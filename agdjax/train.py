@@ -104,6 +104,7 @@ def make_run_chunk(cfg: Config, eval_phase, train_iteration, eval_reads=lambda s
     E = cfg.env_steps_per_iter
 
     def with_reads(state):
+        """(state, the reads of the iteration that starts from it, at its eval_key)."""
         return state, eval_reads(state, jax.random.split(state.key)[0])  # the next iteration's eval_key
 
     def iteration(carry, i):
@@ -321,6 +322,8 @@ def make_train(cfg: Config) -> Program:
         return rb.sample_starts(state.replay, k_s, cfg.wm_error_batch)
 
     def evaluate(state: TrainState, key, starts):
+        """{eval_return, and the WM_METRICS if starts is not None} of the evaluation at `key`;
+        starts: (obs [B, obs_dim], physics [B, n_phys]) from eval_reads(state, key), or None."""
         k_ev, k_wm = jax.random.split(key)
         m = {"eval_return": envs.evaluate(env, policy_mean(state.agent.actor), k_ev, cfg.eval_episodes,
                                           cfg.episode_length)}
@@ -330,6 +333,7 @@ def make_train(cfg: Config) -> Program:
         return m
 
     def eval_phase(state: TrainState, key):
+        """The evaluation as run_chunk runs it, reads included (a phase for tools and tests)."""
         return evaluate(state, key, eval_reads(state, key))
 
     def train_iteration(state: TrainState, before):

@@ -75,12 +75,17 @@ def test_json_and_table(bench, real_state):
     assert "| replay |" in stdout and "| temporaries (activations) |" in stdout and "largest N on 80 GB" in stdout
 
 
-def test_run_chunk_does_not_copy_the_replay(bench):
+def test_run_chunk_does_not_copy_the_replay(bench, real_state):
     """The evaluation's start states are read from the replay at the end of the iteration
     before (train.make_run_chunk); read at the start of the evaluated iteration, XLA copied
     replay.obs and replay.physics whole, 3 times, at every iteration (337 MB per seed at the
     paper preset)."""
     r, _ = bench
+    # the detector sees a replay copy when there is one (a synthetic copy in XLA's text format)
+    obs = real_state.replay.data.obs
+    line = f"  %copy.1 = f32[{','.join(map(str, obs.shape))}]{{3,2,1,0}} copy(%p.1)"
+    seen = memory.state_copies(line, real_state, obs.shape[0])
+    assert [c["copies"] for c in seen if "replay.data.obs" in c["leaves"]] == [1], seen
     for n in ("1", "2"):
         copies = r["run_chunk"]["by_n"][n]["state_copies"]
         assert copies is not None

@@ -198,3 +198,34 @@ def test_respacing_benchmark_on_a_checkpoint(smoke_oracle, capsys):
     assert res["4"]["wm_state_error_1"] != res["2"]["wm_state_error_1"]
     assert "| 2 |" in capsys.readouterr().out
     assert respacing.main([logdir, "--steps=5"]) == 2
+
+
+def test_evaluations_inside_a_chunk_read_the_same_start_states():
+    """The world-model error of an evaluation inside a chunk uses the start states read at the
+    end of the iteration before and carried in the scan (train.make_run_chunk); at a chunk's
+    start they are read from the incoming state. With an evaluation at every iteration, one
+    chunk of 4 iterations (3 carried reads) must log what 4 chunks of 1 (no carried read) log."""
+    def eval_rows(iters_per_chunk):
+        cfg = make_config("halfcheetah", "smoke", guide="sag", backend="positional", total_env_steps=64,
+                          eval_every=16, iters_per_chunk=iters_per_chunk)
+        assert cfg.env_steps_per_iter == 16 and cfg.n_iters == 4
+        prog, init, run_chunk = loop.compile_program(cfg, 1, jax.devices()[:1])
+        keys, hp = loop.member_inputs(cfg, [{"seed": 0}])
+        state, rows = init(keys, hp), []
+        state0 = jax.tree.map(lambda x: x[0], state)
+        for first in range(0, 4, iters_per_chunk):
+            state, m = run_chunk(state, hp, jnp.int32(first))
+            rows += [{k: float(m[k][0, j]) for k in ("eval_return",) + wm_error.WM_METRICS}
+                     for j in range(iters_per_chunk)]
+        return rows, prog, state0
+
+    (whole, prog, state0), (single, _, _) = eval_rows(4), eval_rows(1)
+    # iteration 0 draws its start states as the wm_error phase does from the evaluation's key
+    k_wm = jax.random.split(jax.random.split(state0.key)[0])[1]
+    direct = jax.jit(prog.phases["wm_error"])(state0, k_wm)
+    for k in wm_error.WM_METRICS:
+        np.testing.assert_allclose(whole[0][k], float(direct[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+    for i, (a, b) in enumerate(zip(whole, single)):
+        for k in a:
+            assert math.isfinite(a[k]), (i, k)
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"iteration {i}: {k}")

@@ -15,6 +15,10 @@ OUT=${1:-runs/report9}
 SEED=${2:-100}
 STEPS=100000
 PY=${PYTHON:-python}
+RUNS="sag none ppo eag oracle"
+for name in ${ONLY:-}; do
+  [[ " $RUNS " == *" $name "* ]] || { echo "ONLY: unknown run '$name' (allowed, space-separated: $RUNS)" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 COMMON=(--preset=cpu --backend=mjx --total_env_steps=$STEPS --seed=$SEED --progress_every_s=120)
 
