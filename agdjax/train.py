@@ -313,22 +313,26 @@ def make_train(cfg: Config) -> Program:
         state, m = jax.lax.scan(agent_update, state, jax.random.split(key, cfg.agent_updates_per_iter))
         return state, jax.tree.map(jnp.mean, m)
 
+    def eval_keys(key):
+        """(episodes, start states, imagination) keys of the evaluation at `key`: the last two
+        are wm_error_phase's split of the evaluation's second key."""
+        k_ev, k_wm = jax.random.split(key)
+        return (k_ev, *jax.random.split(k_wm))
+
     def eval_reads(state: TrainState, key):
         """The evaluation's reads of the replay: the world-model error's start states (None
-        when it is off), drawn as wm_error_phase draws them from the evaluation's key."""
+        when it is off)."""
         if cfg.wm_error_batch == 0:
             return None
-        k_s, _ = jax.random.split(jax.random.split(key)[1])
-        return rb.sample_starts(state.replay, k_s, cfg.wm_error_batch)
+        return rb.sample_starts(state.replay, eval_keys(key)[1], cfg.wm_error_batch)
 
     def evaluate(state: TrainState, key, starts):
         """{eval_return, and the WM_METRICS if starts is not None} of the evaluation at `key`;
         starts: (obs [B, obs_dim], physics [B, n_phys]) from eval_reads(state, key), or None."""
-        k_ev, k_wm = jax.random.split(key)
+        k_ev, _, k_im = eval_keys(key)
         m = {"eval_return": envs.evaluate(env, policy_mean(state.agent.actor), k_ev, cfg.eval_episodes,
                                           cfg.episode_length)}
         if starts is not None:
-            _, k_im = jax.random.split(k_wm)
             m.update({k: v for k, v in wm_error_from(state, k_im, starts).items() if k in WM_METRICS})
         return m
 
