@@ -17,7 +17,9 @@ fraction of peak is a lower bound of the work done.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import time
 
@@ -40,6 +42,8 @@ flags.DEFINE_list("seeds", None, "seed counts of the end-to-end section (default
 flags.DEFINE_list("only", None, "measure only these sections: raw_env, collection, imagination, "
                   "denoiser_training, seeds (default: all)")
 flags.DEFINE_integer("sampling_steps", None, "reverse steps of imagination K <= T (respaced; default T)")
+flags.DEFINE_integer("iters_per_chunk", None, "iterations per timed chunk of the seeds section (default: "
+                     "the preset's; 1 keeps a paper-preset chunk short on a GPU)")
 flags.DEFINE_integer("diffusion_updates", 20, "denoiser updates per timed training call")
 flags.DEFINE_string("out", None, "JSON path")
 FLAGS = flags.FLAGS
@@ -129,12 +133,49 @@ def raw_env(cfg, n_envs_list, n_steps):
     return out
 
 
+def save(res, path):
+    """Writes the JSON measured so far (replaced whole, see `write_result`), quietly."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        write_result(res, path, "")
+
+
+def seed_scaling(base, n_seeds, entry, checkpoint):
+    """Fills `entry` with the end-to-end rate of `n_seeds` seeds: the compile of one chunk of
+    base.iters_per_chunk iterations (an iteration with agent updates first), a warm-up call,
+    then one timed call. Calls `checkpoint()` after the compile and after the timing."""
+    L = base.iters_per_chunk
+    first = base.agent_start_env_steps // base.env_steps_per_iter + 1  # an iteration with agent updates
+    first = min(first, max(0, base.n_iters - 2 * L))
+    _, init_n, chunk_n = loop.compile_program(base, n_seeds)
+    sharding = loop.seed_sharding(n_seeds)
+    keys, hp = loop.member_inputs(base, [{"seed": s} for s in range(n_seeds)], sharding)
+    st = jax.block_until_ready(init_n(keys, hp))
+    t0 = time.perf_counter()
+    comp = chunk_n.lower(st, hp, jnp.int32(first)).compile()
+    entry["compile_s"] = time.perf_counter() - t0
+    print(f"{n_seeds} seeds: compiled in {entry['compile_s']:.1f} s", flush=True)
+    checkpoint()
+    compiles = _COMPILES[0]
+    st, _ = comp(st, hp, jnp.int32(first))  # warm-up (donates st)
+    jax.block_until_ready(st)
+    t0 = time.perf_counter()
+    st, m = comp(st, hp, jnp.int32(first + L))
+    jax.block_until_ready(m)
+    t = (time.perf_counter() - t0) / L
+    entry.update({
+        "env_steps_per_s": n_seeds * base.env_steps_per_iter / t,
+        "imagined_transitions_per_s": n_seeds * base.agent_updates_per_iter * base.agent_batch * base.horizon / t,
+        "s_per_iteration": t, "compiles_after_first_chunk": _COMPILES[0] - compiles})
+    print(f"{n_seeds} seeds: {t:.2f} s per iteration", flush=True)
+    checkpoint()
+
+
 def main(_):
     quick = FLAGS.quick
     preset = FLAGS.preset or ("smoke" if quick else "cpu")
     backend = FLAGS.backend or ("positional" if quick else "mjx")
     base = make_config(FLAGS.task, preset, backend=backend, guide="sag", denoiser_dtype=FLAGS.denoiser_dtype,
-                       sampling_steps=FLAGS.sampling_steps)
+                       sampling_steps=FLAGS.sampling_steps, iters_per_chunk=FLAGS.iters_per_chunk)
     res = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(),
            "n_devices": jax.device_count(), "task": base.task, "backend": backend, "preset": preset,
            "denoiser_dtype": FLAGS.denoiser_dtype, "quick": quick,
@@ -214,39 +255,21 @@ def main(_):
             sag["fraction_of_peak"] = sag["flops_per_s"] / peak
 
     # 5. end-to-end seed scaling: one chunk (iters_per_chunk iterations with agent updates),
-    # compiled once per seed count, timed on its second call (the same executable: no recompile)
+    # compiled once per seed count, timed on its second call (the same executable: no
+    # recompile). The JSON is rewritten after each compile and each timing, so a run cut off
+    # by a time limit keeps what it measured (a paper-preset compile takes minutes on a GPU).
+    out = FLAGS.out or os.path.join("benchmarks", "results", f"throughput_{res['platform']}_{preset}.json")
     res["seeds"] = {}
     counts = [int(n) for n in (FLAGS.seeds if FLAGS.seeds is not None else (["1", "2"] if quick else ["1", "2", "4", "8"]))]
-    counts = counts if "seeds" in only else []
-    L = base.iters_per_chunk
-    first = base.agent_start_env_steps // base.env_steps_per_iter + 1  # an iteration with agent updates
-    first = min(first, max(0, base.n_iters - 2 * L))
-    for n_seeds in counts:
-        _, init_n, chunk_n = loop.compile_program(base, n_seeds)
-        sharding = loop.seed_sharding(n_seeds)
-        keys, hp = loop.member_inputs(base, [{"seed": s} for s in range(n_seeds)], sharding)
-        st = jax.block_until_ready(init_n(keys, hp))
-        t0 = time.perf_counter()
-        comp = chunk_n.lower(st, hp, jnp.int32(first)).compile()
-        c = time.perf_counter() - t0
-        compiles = _COMPILES[0]
-        st, _ = comp(st, hp, jnp.int32(first))  # warm-up (donates st)
-        jax.block_until_ready(st)
-        t0 = time.perf_counter()
-        st, m = comp(st, hp, jnp.int32(first + L))
-        jax.block_until_ready(m)
-        t = (time.perf_counter() - t0) / L
-        recompiles = _COMPILES[0] - compiles
-        res["seeds"][str(n_seeds)] = {
-            "env_steps_per_s": n_seeds * base.env_steps_per_iter / t,
-            "imagined_transitions_per_s": n_seeds * base.agent_updates_per_iter * base.agent_batch * base.horizon / t,
-            "s_per_iteration": t, "compile_s": c, "compiles_after_first_chunk": recompiles}
-    if "1" in res["seeds"]:
+    for n_seeds in (counts if "seeds" in only else []):
+        res["seeds"][str(n_seeds)] = entry = {}
+        seed_scaling(base, n_seeds, entry, lambda: save(res, out))
+    if "1" in res["seeds"] and "s_per_iteration" in res["seeds"]["1"]:
         t1 = res["seeds"]["1"]["s_per_iteration"]
         for k, v in res["seeds"].items():
-            v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
+            if "s_per_iteration" in v:
+                v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
 
-    out = FLAGS.out or os.path.join("benchmarks", "results", f"throughput_{res['platform']}_{preset}.json")
     write_result(res, out, markdown(res))
 
 
@@ -281,6 +304,9 @@ def markdown(res):
     if "imagination" in res:
         lines.append(f"| sag imagination: fraction of peak | {res['imagination']['sag']['fraction_of_peak']:.3f} | |")
     for n, v in res.get("seeds", {}).items():
+        if "s_per_iteration" not in v:
+            lines.append(f"| {n} seeds: not timed (cut off after the compile) | | {v.get('compile_s', float('nan')):.1f} |")
+            continue
         lines.append(f"| {n} seeds: env steps/s, imagined transitions/s, scaling eff. | "
                      f"{v['env_steps_per_s']:.0f}, {v['imagined_transitions_per_s']:.0f}, "
                      f"{v.get('scaling_efficiency', float('nan')):.2f} | {v['compile_s']:.1f} |")

@@ -46,6 +46,8 @@ _SWEEP_HELP = {
 for _name in C.SWEEPABLE:
     flags.DEFINE_string(_name, None, f"{_SWEEP_HELP.get(_name, _name)}; a comma-separated list "
                         f"(e.g. 0,1,3) sweeps it: every value runs with every seed, in one program")
+flags.DEFINE_integer("iters_per_chunk", None, "iterations per compiled chunk: one progress line, metrics "
+                     "flush and checkpoint step (default: the preset's; paper 10, cpu 5)")
 flags.DEFINE_string("logdir", None, "run directory (default: runs/<task>_<guide>_<preset>_<time>)")
 flags.DEFINE_integer("checkpoint_every", None,
                      "env steps between Orbax checkpoints, rounded to whole chunks (default: the "
@@ -78,7 +80,8 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "total_env_steps",
-                 "denoiser_dtype", "imagination", "scale_action_input", "sampling_steps") + C.SWEEPABLE
+                 "denoiser_dtype", "imagination", "scale_action_input", "sampling_steps",
+                 "iters_per_chunk") + C.SWEEPABLE
 
 
 def fail(msg: str):
