@@ -139,10 +139,81 @@ def save(res, path):
         write_result(res, path, "")
 
 
+def collection(base, prog, state, keys, raw):
+    """Collection-phase env steps/s: one seed as the CLI runs it (no seed vmap: resets
+    computed only when an episode ends), and under a seed vmap (what each of several seeds
+    gets: resets computed every step), each against Brax's raw rate `raw` at the same n_envs."""
+    state0, key0 = jax.tree.map(lambda x: x[0], state), keys[0]
+    c, t, _ = timed(prog.phases["collect"], state0, key0)
+    _, t_v, _ = timed(jax.vmap(prog.phases["collect"]), state, keys)
+    sps = base.env_steps_per_iter / t
+    return {"steps_per_s": sps, "compile_s": c, "n_envs": base.n_envs, "ratio_to_raw": sps / raw,
+            "steps_per_s_seed_vmap": base.env_steps_per_iter / t_v,
+            "ratio_to_raw_seed_vmap": base.env_steps_per_iter / t_v / raw}
+
+
+def imagination(base, state, keys, fwd_flops):
+    """Imagined transitions/s of one sampler call per guide, and its cost against `none`."""
+    res = {"batch": base.agent_batch, "horizon": base.horizon, "n_diffusion_steps": base.n_diffusion_steps,
+           "sampling_steps": base.n_sampling_steps}
+    for guide in GUIDES:
+        cfg = dataclasses.replace(base, guide=guide)
+        c, t, _ = timed(jax.vmap(loop.make_train(cfg).phases["imagine"]), state, keys)
+        res[guide] = {"transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
+                      "denoiser_flops_per_call": fwd_flops * cfg.n_sampling_steps}
+    for guide in GUIDES:
+        res[guide]["cost_vs_none"] = res[guide]["s_per_call"] / res["none"]["s_per_call"]
+    return res
+
+
+def denoiser_training(base, state, keys, grad_flops, n_upd):
+    """Windows/s of a call of `n_upd` denoiser updates: one seed as the CLI runs it (no seed
+    vmap), and under a seed vmap of 1 (what each of several seeds runs; on XLA:CPU the vmapped
+    update transposes and copies its weight-shaped arrays)."""
+    cfg_d = dataclasses.replace(base, diffusion_steps_per_env_step=n_upd / base.env_steps_per_iter)
+    phase = loop.make_train(cfg_d).phases["diffusion"]
+    c, t, _ = timed(phase, jax.tree.map(lambda x: x[0], state), keys[0])
+    _, t_v, _ = timed(jax.vmap(phase), state, keys)
+    return {"windows_per_s": n_upd * base.diffusion_batch / t, "compile_s": c, "batch": base.diffusion_batch,
+            "updates_per_call": n_upd, "flops_per_s": grad_flops * n_upd / t,
+            "windows_per_s_seed_vmap": n_upd * base.diffusion_batch / t_v}
+
+
+def one_seed_sections(base, only, res, quick):
+    """Sections 1-4 (raw env, collection, imagination, denoiser training, matmul peaks and
+    fractions of peak), one seed, into `res`."""
+    if "raw_env" in only or "collection" in only:
+        res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), 50 if quick else 200)
+    prog, init, _ = loop.compile_program(base, 1, jax.devices()[:1])
+    state = jax.block_until_ready(init(*loop.member_inputs(base, [{"seed": 0}])))
+    keys = jax.random.split(jax.random.PRNGKey(1), 1)
+    if "collection" in only:
+        res["collection"] = collection(base, prog, state, keys, res["raw_env"][str(base.n_envs)]["steps_per_s"])
+    if "imagination" not in only and "denoiser_training" not in only:
+        return
+    fwd_flops, grad_flops = denoiser_flops(base, prog, state)
+    if "imagination" in only:
+        res["imagination"] = imagination(base, state, keys, fwd_flops)
+    if "denoiser_training" in only:
+        res["denoiser_training"] = denoiser_training(base, state, keys, grad_flops, FLAGS.diffusion_updates)
+    n = 1024 if quick else 4096
+    peak32, peak16 = matmul_peak(jnp.float32, n), matmul_peak(jnp.bfloat16, n)
+    res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n,
+                                      "note": "bfloat16: bf16 operands, f32 accumulation"}
+    peak = peak16 if base.denoiser_dtype == "bfloat16" else peak32
+    if "denoiser_training" in res:
+        res["denoiser_training"]["fraction_of_peak"] = res["denoiser_training"]["flops_per_s"] / peak
+    if "imagination" in res:
+        sag = res["imagination"]["sag"]
+        sag["flops_per_s"] = sag["denoiser_flops_per_call"] / sag["s_per_call"]
+        sag["fraction_of_peak"] = sag["flops_per_s"] / peak
+
+
 def seed_scaling(base, n_seeds, entry, checkpoint):
     """Fills `entry` with the end-to-end rate of `n_seeds` seeds: the compile of one chunk of
     base.iters_per_chunk iterations (an iteration with agent updates first), a warm-up call,
-    then one timed call. Calls `checkpoint()` after the compile and after the timing."""
+    then one timed call (the same executable: no recompile). Calls `checkpoint()` after the
+    compile and after the timing."""
     L = base.iters_per_chunk
     first = base.agent_start_env_steps // base.env_steps_per_iter + 1  # an iteration with agent updates
     first = min(first, max(0, base.n_iters - 2 * L))
@@ -152,7 +223,7 @@ def seed_scaling(base, n_seeds, entry, checkpoint):
     st = jax.block_until_ready(init_n(keys, hp))
     t0 = time.perf_counter()
     comp = chunk_n.lower(st, hp, jnp.int32(first)).compile()
-    entry["compile_s"] = time.perf_counter() - t0
+    entry.update(compile_s=time.perf_counter() - t0, iters_per_chunk=L)
     print(f"{n_seeds} seeds: compiled in {entry['compile_s']:.1f} s", flush=True)
     checkpoint()
     compiles = _COMPILES[0]
@@ -170,6 +241,14 @@ def seed_scaling(base, n_seeds, entry, checkpoint):
     checkpoint()
 
 
+def scaling_efficiency(seeds: dict):
+    """Sets t_1 * N / t_N on every timed seed count, once one seed is timed."""
+    t1 = seeds.get("1", {}).get("s_per_iteration")
+    for k, v in seeds.items():
+        if t1 and "s_per_iteration" in v:
+            v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
+
+
 def main(_):
     quick = FLAGS.quick
     preset = FLAGS.preset or ("smoke" if quick else "cpu")
@@ -180,97 +259,34 @@ def main(_):
            "n_devices": jax.device_count(), "task": base.task, "backend": backend, "preset": preset,
            "denoiser_dtype": FLAGS.denoiser_dtype, "quick": quick,
            "date": time.strftime("%Y-%m-%d")}
-
     sections = ("raw_env", "collection", "imagination", "denoiser_training", "seeds")
     only = FLAGS.only or sections
     bad = [x for x in only if x not in sections]
     if bad:
         raise app.UsageError(f"--only={','.join(bad)} is not a section; choose from {', '.join(sections)}")
-
-    # 1. raw env steps/s vs our collection phase
-    n_steps = 50 if quick else 200
-    if "raw_env" in only or "collection" in only:
-        res["raw_env"] = raw_env(base, sorted({1, base.n_envs, 4 * base.n_envs}), n_steps)
-    prog, init, _ = loop.compile_program(base, 1, jax.devices()[:1])
-    state = jax.block_until_ready(init(*loop.member_inputs(base, [{"seed": 0}])))
-    keys = jax.random.split(jax.random.PRNGKey(1), 1)
-    if "collection" in only:
-        # one seed as the CLI runs it (no seed vmap: resets computed only when an episode ends),
-        # and under a seed vmap (what each of several seeds gets: resets computed every step)
-        state0, key0 = jax.tree.map(lambda x: x[0], state), keys[0]
-        c, t, _ = timed(prog.phases["collect"], state0, key0)
-        c_v, t_v, _ = timed(jax.vmap(prog.phases["collect"]), state, keys)
-        raw_same = res["raw_env"][str(base.n_envs)]["steps_per_s"]
-        collect_sps = base.env_steps_per_iter / t
-        res["collection"] = {"steps_per_s": collect_sps, "compile_s": c, "n_envs": base.n_envs,
-                             "ratio_to_raw": collect_sps / raw_same,
-                             "steps_per_s_seed_vmap": base.env_steps_per_iter / t_v,
-                             "ratio_to_raw_seed_vmap": base.env_steps_per_iter / t_v / raw_same}
-
-    # 2. guided imagination per guide
-    fwd_flops, grad_flops = denoiser_flops(base, prog, state)
-    if "imagination" in only:
-        res["imagination"] = {"batch": base.agent_batch, "horizon": base.horizon,
-                              "n_diffusion_steps": base.n_diffusion_steps, "sampling_steps": base.n_sampling_steps}
-        for guide in GUIDES:
-            cfg = dataclasses.replace(base, guide=guide)
-            p = loop.make_train(cfg)
-            fn = jax.vmap(p.phases["imagine"])
-            c, t, comp = timed(fn, state, keys)
-            res["imagination"][guide] = {
-                "transitions_per_s": cfg.agent_batch * cfg.horizon / t, "s_per_call": t, "compile_s": c,
-                "denoiser_flops_per_call": fwd_flops * cfg.n_sampling_steps}
-        t_none = res["imagination"]["none"]["s_per_call"]
-        for guide in GUIDES:
-            res["imagination"][guide]["cost_vs_none"] = res["imagination"][guide]["s_per_call"] / t_none
-
-    # 3. denoiser training windows/s (a call of --diffusion_updates updates): one seed as the
-    # CLI runs it (no seed vmap), and under a seed vmap of 1 (what each of several seeds runs;
-    # on XLA:CPU the vmapped update transposes and copies its weight-shaped arrays)
-    if "denoiser_training" in only:
-        n_upd = FLAGS.diffusion_updates
-        cfg_d = dataclasses.replace(base, diffusion_steps_per_env_step=n_upd / base.env_steps_per_iter)
-        p = loop.make_train(cfg_d)
-        state0, key0 = jax.tree.map(lambda x: x[0], state), keys[0]
-        c, t, comp = timed(p.phases["diffusion"], state0, key0)
-        _, t_v, _ = timed(jax.vmap(p.phases["diffusion"]), state, keys)
-        res["denoiser_training"] = {
-            "windows_per_s": n_upd * base.diffusion_batch / t, "compile_s": c, "batch": base.diffusion_batch,
-            "updates_per_call": n_upd, "flops_per_s": grad_flops * n_upd / t,
-            "windows_per_s_seed_vmap": n_upd * base.diffusion_batch / t_v}
-
-    # 4. matmul peak and achieved FLOP/s
-    if "imagination" in only or "denoiser_training" in only:
-        n = 1024 if quick else 4096
-        peak32 = matmul_peak(jnp.float32, n)
-        peak16 = matmul_peak(jnp.bfloat16, n)
-        res["matmul_peak_flops_per_s"] = {"float32": peak32, "bfloat16": peak16, "n": n,
-                                          "note": "bfloat16: bf16 operands, f32 accumulation"}
-        peak = peak16 if FLAGS.denoiser_dtype == "bfloat16" else peak32
-        if "denoiser_training" in res:
-            res["denoiser_training"]["fraction_of_peak"] = res["denoiser_training"]["flops_per_s"] / peak
-        if "imagination" in res:
-            sag = res["imagination"]["sag"]
-            sag["flops_per_s"] = sag["denoiser_flops_per_call"] / sag["s_per_call"]
-            sag["fraction_of_peak"] = sag["flops_per_s"] / peak
-
-    # 5. end-to-end seed scaling: one chunk (iters_per_chunk iterations with agent updates),
-    # compiled once per seed count, timed on its second call (the same executable: no
-    # recompile). The JSON is rewritten after each compile and each timing, so a run cut off
-    # by a time limit keeps what it measured (a paper-preset compile takes minutes on a GPU).
     out = FLAGS.out or os.path.join("benchmarks", "results", f"throughput_{res['platform']}_{preset}.json")
+    if set(only) - {"seeds"}:
+        one_seed_sections(base, only, res, quick)
+
+    # 5. end-to-end seed scaling. The JSON is rewritten after each compile and each timing, so
+    # a run cut off by a time limit keeps what it measured (a paper-preset compile takes
+    # minutes on a GPU); a seed count that fails (e.g. out of memory) records its error.
     res["seeds"] = {}
     counts = [int(n) for n in (FLAGS.seeds if FLAGS.seeds is not None else (["1", "2"] if quick else ["1", "2", "4", "8"]))]
     for n_seeds in (counts if "seeds" in only else []):
         res["seeds"][str(n_seeds)] = entry = {}
-        seed_scaling(base, n_seeds, entry, lambda: save(res, out))
-    if "1" in res["seeds"] and "s_per_iteration" in res["seeds"]["1"]:
-        t1 = res["seeds"]["1"]["s_per_iteration"]
-        for k, v in res["seeds"].items():
-            if "s_per_iteration" in v:
-                v["scaling_efficiency"] = t1 * int(k) / v["s_per_iteration"]
 
+        def checkpoint():
+            scaling_efficiency(res["seeds"])
+            save(res, out)
+        try:
+            seed_scaling(base, n_seeds, entry, checkpoint)
+        except Exception as e:  # noqa: BLE001 - recorded, and the larger counts are still tried
+            entry["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            print(f"{n_seeds} seeds: {entry['error']}", flush=True)
+            checkpoint()
     write_result(res, out, markdown(res))
+    return 1 if any("error" in v for v in res["seeds"].values()) else 0
 
 
 def markdown(res):
@@ -305,7 +321,8 @@ def markdown(res):
         lines.append(f"| sag imagination: fraction of peak | {res['imagination']['sag']['fraction_of_peak']:.3f} | |")
     for n, v in res.get("seeds", {}).items():
         if "s_per_iteration" not in v:
-            lines.append(f"| {n} seeds: not timed (cut off after the compile) | | {v.get('compile_s', float('nan')):.1f} |")
+            lines.append(f"| {n} seeds: not timed ({v.get('error', 'cut off after the compile')}) | | "
+                         f"{v.get('compile_s', float('nan')):.1f} |")
             continue
         lines.append(f"| {n} seeds: env steps/s, imagined transitions/s, scaling eff. | "
                      f"{v['env_steps_per_s']:.0f}, {v['imagined_transitions_per_s']:.0f}, "
