@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import struct
 
-from agdjax import envs, loop, replay as rb, wm_error
+from agdjax import envs, loop, replay as rb, train, wm_error
 from agdjax.config import make_config
 
 
@@ -200,32 +201,69 @@ def test_respacing_benchmark_on_a_checkpoint(smoke_oracle, capsys):
     assert respacing.main([logdir, "--steps=5"]) == 2
 
 
-def test_evaluations_inside_a_chunk_read_the_same_start_states():
-    """The world-model error of an evaluation inside a chunk uses the start states read at the
-    end of the iteration before and carried in the scan (train.make_run_chunk); at a chunk's
-    start they are read from the incoming state. With an evaluation at every iteration, one
-    chunk of 4 iterations (3 carried reads) must log what 4 chunks of 1 (no carried read) log."""
-    def eval_rows(iters_per_chunk):
-        cfg = make_config("halfcheetah", "smoke", guide="sag", backend="positional", total_env_steps=64,
-                          eval_every=16, iters_per_chunk=iters_per_chunk)
-        assert cfg.env_steps_per_iter == 16 and cfg.n_iters == 4
-        prog, init, run_chunk = loop.compile_program(cfg, 1, jax.devices()[:1])
-        keys, hp = loop.member_inputs(cfg, [{"seed": 0}])
-        state, rows = init(keys, hp), []
-        state0 = jax.tree.map(lambda x: x[0], state)
-        for first in range(0, 4, iters_per_chunk):
-            state, m = run_chunk(state, hp, jnp.int32(first))
-            rows += [{k: float(m[k][0, j]) for k in ("eval_return",) + wm_error.WM_METRICS}
-                     for j in range(iters_per_chunk)]
-        return rows, prog, state0
+@struct.dataclass
+class _ToyState:
+    """A stand-in for TrainState in make_run_chunk: a key, a replay written in place, a step."""
+    key: jax.Array
+    replay: jax.Array
+    step: jax.Array
 
-    (whole, prog, state0), (single, _, _) = eval_rows(4), eval_rows(1)
-    # iteration 0 draws its start states as the wm_error phase does from the evaluation's key
+
+def _toy_state():
+    return _ToyState(jax.random.PRNGKey(3), jnp.zeros(5), jnp.int32(0))
+
+
+def _toy_train(state, before):
+    """Writes a key-dependent value into the replay slot of this step (in place, as collection
+    does), then moves the key on."""
+    k_val, key = jax.random.split(state.key)
+    replay = state.replay.at[state.step % state.replay.shape[0]].set(jax.random.uniform(k_val) + before)
+    return state.replace(key=key, replay=replay, step=state.step + 1), {"loss": replay.sum()}
+
+
+def _toy_reads(state, key):
+    """The evaluation's read of the replay: a key-chosen slot."""
+    return state.replay[jax.random.randint(key, (), 0, state.replay.shape[0])]
+
+
+def _toy_eval(state, key, reads):
+    return {"eval_return": 1000.0 * reads + jax.random.uniform(key)}
+
+
+def test_evaluations_inside_a_chunk_read_the_state_they_evaluate():
+    """train.make_run_chunk carries the evaluation's replay reads of iteration i+1 from the end
+    of iteration i (the replay copies they avoid: test_memory). Whatever the chunk length, an
+    evaluation must read the replay of the state its iteration starts from, at the evaluation's
+    own key (the first half of that state's key), exactly as reading at the iteration's start
+    would: one chunk of 4 iterations, 4 chunks of 1, and a plain Python loop agree."""
+    def run(iters_per_chunk):
+        cfg = make_config("halfcheetah", "smoke", total_env_steps=64, eval_every=16, iters_per_chunk=iters_per_chunk)
+        assert cfg.env_steps_per_iter == 16 and cfg.n_iters == 4
+        chunk = jax.jit(train.make_run_chunk(cfg, _toy_eval, _toy_train, _toy_reads))
+        state, evals = _toy_state(), []
+        for first in range(0, 4, iters_per_chunk):
+            state, m = chunk(state, jnp.int32(first))
+            evals += [float(x) for x in np.asarray(m["eval_return"])]
+        return evals
+
+    state, expected = _toy_state(), []
+    for i in range(4):  # the schedule, read at each iteration's start
+        eval_key, key = jax.random.split(state.key)
+        expected.append(float(_toy_eval(state, eval_key, _toy_reads(state, eval_key))["eval_return"]))
+        state, _ = _toy_train(state.replace(key=key), i * 16)
+    assert len(set(expected)) == 4
+    np.testing.assert_allclose(run(4), expected, rtol=1e-6)
+    np.testing.assert_allclose(run(1), expected, rtol=1e-6)
+
+
+def test_the_evaluation_draws_its_start_states_as_the_wm_error_phase(smoke_oracle):
+    """The world-model error an evaluation logs is the wm_error phase's at the evaluation's key
+    (train.eval_keys): at step 0, from the initial state, at the first half of its key."""
+    cfg, (_, rows, _), _ = smoke_oracle
+    prog, init, _ = loop.compile_program(cfg, 1, jax.devices()[:1])
+    state0 = jax.tree.map(lambda x: x[0], init(*loop.member_inputs(cfg, [{"seed": 0}])))
     k_wm = jax.random.split(jax.random.split(state0.key)[0])[1]
     direct = jax.jit(prog.phases["wm_error"])(state0, k_wm)
+    logged = next(r for r in rows if r["env_steps"] == 0 and r["seed"] == 0)
     for k in wm_error.WM_METRICS:
-        np.testing.assert_allclose(whole[0][k], float(direct[k]), rtol=1e-5, atol=1e-6, err_msg=k)
-    for i, (a, b) in enumerate(zip(whole, single)):
-        for k in a:
-            assert math.isfinite(a[k]), (i, k)
-            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6, err_msg=f"iteration {i}: {k}")
+        np.testing.assert_allclose(logged[k], float(direct[k]), rtol=1e-5, atol=1e-6, err_msg=k)
