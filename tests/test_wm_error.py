@@ -210,7 +210,7 @@ class _ToyState:
 
 
 def _toy_state():
-    return _ToyState(jax.random.PRNGKey(3), jnp.zeros(5), jnp.int32(0))
+    return _ToyState(jax.random.PRNGKey(3), jnp.arange(1.0, 6.0), jnp.int32(0))
 
 
 def _toy_train(state, before):
@@ -222,8 +222,9 @@ def _toy_train(state, before):
 
 
 def _toy_reads(state, key):
-    """The evaluation's read of the replay: a key-chosen slot."""
-    return state.replay[jax.random.randint(key, (), 0, state.replay.shape[0])]
+    """The evaluation's read of the replay: a key-weighted sum of every slot, so that any other
+    replay or key gives another value."""
+    return state.replay @ jax.random.normal(key, state.replay.shape)
 
 
 def _toy_eval(state, key, reads):
