@@ -23,10 +23,9 @@ def fail(msg) -> int:
     return 2
 
 
-def write_result(res: dict, path: str, text: str) -> None:
+def write_json(res: dict, path: str) -> None:
     """Writes `res` as JSON to `path` (its folder made; written beside and renamed in, so a
-    killed benchmark never leaves half a file or destroys an earlier one), then prints `text`
-    and the path."""
+    killed benchmark never leaves half a file or destroys an earlier one)."""
     import json
     import os
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -34,5 +33,10 @@ def write_result(res: dict, path: str, text: str) -> None:
     with open(tmp, "w") as f:
         json.dump(res, f, indent=2)
     os.replace(tmp, path)
+
+
+def write_result(res: dict, path: str, text: str) -> None:
+    """`write_json(res, path)`, then prints `text` and the path."""
+    write_json(res, path)
     print(text)
     print(f"wrote {path}")

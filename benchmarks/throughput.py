@@ -17,9 +17,7 @@ fraction of peak is a lower bound of the work done.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import os
 import time
 
@@ -30,7 +28,7 @@ from absl import app, flags
 from agdjax import diffusion, envs, loop
 from agdjax.config import GUIDES, make_config
 from agdjax.train import make_modules
-from benchmarks.cli import write_result
+from benchmarks.cli import write_json, write_result
 
 flags.DEFINE_bool("quick", False, "small sizes: a CPU check in a few minutes")
 flags.DEFINE_string("task", "halfcheetah", "task")
@@ -131,12 +129,6 @@ def raw_env(cfg, n_envs_list, n_steps):
         c, t, _ = timed(rollout, state, jax.random.PRNGKey(1))
         out[str(n)] = {"steps_per_s": n * n_steps / t, "compile_s": c}
     return out
-
-
-def save(res, path):
-    """Writes the JSON measured so far (replaced whole, see `write_result`), quietly."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        write_result(res, path, "")
 
 
 def collection(base, prog, state, keys, raw):
@@ -278,7 +270,7 @@ def main(_):
 
         def checkpoint():
             scaling_efficiency(res["seeds"])
-            save(res, out)
+            write_json(res, out)
         try:
             seed_scaling(base, n_seeds, entry, checkpoint)
         except Exception as e:  # noqa: BLE001 - recorded, and the larger counts are still tried
