@@ -48,6 +48,9 @@ for _name in C.SWEEPABLE:
                         f"(e.g. 0,1,3) sweeps it: every value runs with every seed, in one program")
 flags.DEFINE_integer("iters_per_chunk", None, "iterations per compiled chunk: one progress line, metrics "
                      "flush and checkpoint step (default: the preset's; paper 10, cpu 5)")
+flags.DEFINE_float("diffusion_steps_per_env_step", None, "denoiser updates per env step; times "
+                   "n_envs*steps_per_iter must be a whole number (default: the preset's; paper 1.0, "
+                   "cpu 0.5)")
 flags.DEFINE_string("logdir", None, "run directory (default: runs/<task>_<guide>_<preset>_<time>)")
 flags.DEFINE_integer("checkpoint_every", None,
                      "env steps between Orbax checkpoints, rounded to whole chunks (default: the "
@@ -81,7 +84,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "total_env_steps",
                  "denoiser_dtype", "imagination", "scale_action_input", "sampling_steps",
-                 "iters_per_chunk") + C.SWEEPABLE
+                 "iters_per_chunk", "diffusion_steps_per_env_step") + C.SWEEPABLE
 
 
 def fail(msg: str):

@@ -74,6 +74,8 @@ BAD_VALUES = [
     (["--total_env_steps=65"], ["--total_env_steps=65", "multiple of"]),
     (["--checkpoint_every=0"], ["--checkpoint_every=0", "positive"]),
     (["--iters_per_chunk=0"], ["--iters_per_chunk=0", "positive"]),
+    (["--diffusion_steps_per_env_step=-1"], ["diffusion_steps_per_env_step=-1", "whole number"]),
+    (["--diffusion_steps_per_env_step=0.01"], ["diffusion_steps_per_env_step=0.01", "whole number"]),
     (["--checkpoint_every=-5"], ["--checkpoint_every=-5", "positive"]),
     (["--guide_scale=-1"], ["--guide_scale=-1", ">= 0"]),
     # sweeps: a comma-separated list of a SWEEPABLE setting

@@ -7,18 +7,25 @@ same replayed start states and the checkpoint's own actor, critic, denoiser and 
   - each diffusion guide in GUIDES (the run's own scale for its guide, defaults otherwise);
   - GUIDE>sim for each guide: that guide's imagined actions replayed open-loop in the
     simulator from the same start states (the world model's predicted consequences replaced by
-    the true ones; the actions, and so their log-probs, stay the sampler's).
+    the true ones; the actions, and so their log-probs, stay the sampler's);
+  - GUIDE>simr: the same, but only the rewards replaced (the states stay imagined), which
+    splits the world model's part into its reward channel and its state channel.
 A second, independent set of M oracle batches (other start states and noise) gives the
 reference direction g_true. Printed per checkpoint and kind:
   - cos_mean: cosine between the kind's mean gradient over the M batches and g_true. The
     `oracle` row is the ceiling that M batches of true data reach (noise alone keeps it < 1);
   - cos_batch: mean cosine between one batch's gradient (what one update sees) and g_true;
   - proj: <mean gradient, g_true> / |g_true|^2, the part of the true direction it carries;
+  - norm: |mean gradient| / |g_true|;
   - adv: the mean one-step imagined advantage r + gamma V(s') - V(s) (critic of the checkpoint).
 Writes OUT (default RUN/gradient_agreement.json) with every number.
 
+With --extra_updates=0,N1,N2 the checkpoint's denoiser is also trained N1, then N2 updates
+further on its own replay (rows KIND+N): does more world-model training alone bring the imagined
+gradient closer to the true one?
+
 usage: python docs/tools/gradient_agreement.py RUN [--batches=64] [--guides=sag,none]
-       [--seed_index=0] [--out=FILE]
+       [--seed_index=0] [--extra_updates=0,N1,...] [--out=FILE]
 """
 import argparse
 import dataclasses
@@ -61,34 +68,48 @@ def kind_config(cfg, kind):
     return dataclasses.replace(cfg, imagination="diffusion", guide=kind, guide_scale=scale)
 
 
-def replayed(env, state, im, key, agent_batch):
-    """`im` with its states, rewards and terminals replaced by the simulator's under its own
-    actions, from the start states that imagine() drew with `key` (train.imagine's split)."""
+def replayed(env, state, im, key, agent_batch, rewards_only=False):
+    """`im` with its states, rewards and terminals (only its rewards) replaced by the
+    simulator's under its own actions, from the start states that imagine() drew with `key`
+    (train.imagine's split)."""
     s0, physics = rb.sample_starts(state.replay, jax.random.split(key)[0], agent_batch)
     template = jax.tree.map(lambda x: x[0], state.env.state)
     actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A]
     obs, _, reward, term = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
     pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)
+    if rewards_only:
+        return im._replace(reward=pad(reward))
     return im._replace(obs=obs, reward=pad(reward), terminal=pad(term))
 
 
 def gradients(cfg, kind, state, keys):
     """[M, P] actor gradients and the mean imagined one-step advantage of `kind` at `keys` [M]."""
-    guide, sim = kind.removesuffix(">sim"), kind.endswith(">sim")
+    guide, _, sim = kind.partition(">")
     c = kind_config(cfg, guide)
     prog = make_train(c)
     mods = make_modules(c, prog.act_dim)
     nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
     env = envs.make_env(c.task, c.backend)
 
-    def one(key):
+    def one(state, key):
         im = prog.phases["imagine"](state, key)
         if sim:
-            im = replayed(env, state, im, key, c.agent_batch)
+            im = replayed(env, state, im, key, c.agent_batch, rewards_only=sim == "simr")
         return actor_gradient(c, nets, state.agent, im), one_step_advantage(c, nets, state.agent, im)
 
-    g, adv = jax.jit(jax.vmap(one))(keys)
+    g, adv = jax.jit(jax.vmap(one, in_axes=(None, 0)))(state, keys)
     return np.asarray(g, np.float64), float(np.mean(adv))
+
+
+def train_denoiser(cfg, state, updates: int, key):
+    """`state` after `updates` more denoiser updates on its own replay (the program's diffusion
+    phase: Adam, EMA), nothing else changed: what more world-model training alone would give."""
+    prog = make_train(cfg)
+    n = updates // cfg.diffusion_updates_per_iter
+    if n == 0:
+        return state
+    run = jax.jit(lambda s, ks: jax.lax.scan(lambda s, k: (prog.phases["diffusion"](s, k)[0], None), s, ks)[0])
+    return run(state, jax.random.split(key, n))
 
 
 def cos(a, b):
@@ -96,10 +117,11 @@ def cos(a, b):
 
 
 def agreement(g, g_true):
-    """cos_mean, cos_batch, proj of gradients g [M, P] against the reference direction g_true [P]."""
+    """cos_mean, cos_batch, proj, norm of gradients g [M, P] against the reference direction g_true [P]."""
     mean = g.mean(0)
     return dict(cos_mean=cos(mean, g_true), cos_batch=float(np.mean([cos(x, g_true) for x in g])),
-                proj=float(mean @ g_true / (g_true @ g_true)))
+                proj=float(mean @ g_true / (g_true @ g_true)),
+                norm=float(np.linalg.norm(mean) / np.linalg.norm(g_true)))
 
 
 def main(argv):
@@ -109,13 +131,16 @@ def main(argv):
     p.add_argument("--guides", default="sag,none")
     p.add_argument("--seed_index", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--extra_updates", default="0",
+                   help="comma-separated cumulative numbers of further denoiser updates on the "
+                        "checkpoint's replay before measuring (e.g. 0,10000,40000)")
     a = p.parse_args(argv)
     saved, seeds = runlog.read_config(a.run)
     cfg = _config_from_dict(saved)
     if cfg.model_free or cfg.agent != "a2c" or cfg.sweep:
         sys.exit(f"{a.run}: needs an a2c run in imagination without a sweep")
     guides = [g for g in a.guides.split(",") if g]
-    kinds = ["oracle"] + guides + [g + ">sim" for g in guides]
+    kinds = ["oracle"] + guides + [g + ">sim" for g in guides] + [g + ">simr" for g in guides]
     ck = ckpt_lib.Checkpointer(os.path.join(a.run, "checkpoints"), read_only=True)
     abstract = _compiled(cfg, len(seeds)).abstract
     out = {"run": a.run, "seed": seeds[a.seed_index], "batches": a.batches, "agent_batch": cfg.agent_batch,
@@ -128,15 +153,18 @@ def main(argv):
             continue  # the same env step saved under two checkpoint steps
         state = jax.tree.map(lambda x: x[a.seed_index], r.state)
         g_true = gradients(cfg, "oracle", state, keys[a.batches:])[0].mean(0)
-        rows = {}
-        for kind in kinds:
-            g, adv = gradients(cfg, kind, state, keys[:a.batches])
-            rows[kind] = dict(agreement(g, g_true), adv=adv)
+        rows, done = {}, 0
+        for extra in [int(x) for x in a.extra_updates.split(",")]:
+            state = train_denoiser(cfg, state, extra - done, jax.random.PRNGKey(extra))
+            done = extra
+            for kind in (kinds if extra == 0 else kinds[1:]):  # the oracle does not use the denoiser
+                g, adv = gradients(cfg, kind, state, keys[:a.batches])
+                rows[kind + (f"+{extra}" if extra else "")] = dict(agreement(g, g_true), adv=adv)
         out["steps"][env_steps] = rows
         print(f"env steps {env_steps} (seed {seeds[a.seed_index]}, {a.batches} batches of {cfg.agent_batch})")
-        print(f"  {'kind':9s} {'cos_mean':>9s} {'cos_batch':>10s} {'proj':>7s} {'adv':>8s}")
+        print(f"  {'kind':15s} {'cos_mean':>9s} {'cos_batch':>10s} {'proj':>7s} {'norm':>6s} {'adv':>8s}")
         for kind, m in rows.items():
-            print(f"  {kind:9s} {m['cos_mean']:9.3f} {m['cos_batch']:10.3f} {m['proj']:7.3f} {m['adv']:8.3f}",
+            print(f"  {kind:15s} {m['cos_mean']:9.3f} {m['cos_batch']:10.3f} {m['proj']:7.3f} {m['norm']:6.2f} {m['adv']:8.3f}",
                   flush=True)
     ck.close()
     path = a.out or os.path.join(a.run, "gradient_agreement.json")
