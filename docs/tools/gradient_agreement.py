@@ -146,6 +146,7 @@ def main(argv):
     out = {"run": a.run, "seed": seeds[a.seed_index], "batches": a.batches, "agent_batch": cfg.agent_batch,
            "steps": {}}
     keys = jax.random.split(jax.random.PRNGKey(0), 2 * a.batches)
+    path = a.out or os.path.join(a.run, "gradient_agreement.json")
     for step in ck.valid_steps():
         r = ck.restore_step(step, abstract)
         env_steps = str(r.driver.get("env_steps", step))
@@ -166,12 +167,15 @@ def main(argv):
         for kind, m in rows.items():
             print(f"  {kind:15s} {m['cos_mean']:9.3f} {m['cos_batch']:10.3f} {m['proj']:7.3f} {m['norm']:6.2f} {m['adv']:8.3f}",
                   flush=True)
+        write(out, path)  # after each checkpoint: a stopped run keeps what it measured
     ck.close()
-    path = a.out or os.path.join(a.run, "gradient_agreement.json")
+    print(f"wrote {path}")
+
+
+def write(out, path):
     with open(path + ".tmp", "w") as f:
         json.dump(out, f, indent=1)
     os.replace(path + ".tmp", path)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
