@@ -316,7 +316,7 @@ def validate(cfg: Config) -> Config:
     for name, ratio in (("diffusion_steps_per_env_step", cfg.diffusion_steps_per_env_step),
                         ("agent_updates_per_env_step", cfg.agent_updates_per_env_step)):
         n = cfg.env_steps_per_iter * ratio
-        if ratio < 0 or abs(n - round(n)) > 1e-9:
+        if not math.isfinite(ratio) or ratio < 0 or abs(n - round(n)) > 1e-9:
             raise ConfigError(f"{name}={ratio} times {cfg.env_steps_per_iter} env steps per "
                               f"iteration must be a whole number >= 0")
     _validate_ppo_trpo(cfg)

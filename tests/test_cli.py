@@ -76,6 +76,7 @@ BAD_VALUES = [
     (["--iters_per_chunk=0"], ["--iters_per_chunk=0", "positive"]),
     (["--diffusion_steps_per_env_step=-1"], ["diffusion_steps_per_env_step=-1", "whole number"]),
     (["--diffusion_steps_per_env_step=0.01"], ["diffusion_steps_per_env_step=0.01", "whole number"]),
+    (["--diffusion_steps_per_env_step=nan"], ["diffusion_steps_per_env_step=nan", "whole number"]),
     (["--checkpoint_every=-5"], ["--checkpoint_every=-5", "positive"]),
     (["--guide_scale=-1"], ["--guide_scale=-1", ">= 0"]),
     # sweeps: a comma-separated list of a SWEEPABLE setting

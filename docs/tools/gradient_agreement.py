@@ -7,9 +7,11 @@ same replayed start states and the checkpoint's own actor, critic, denoiser and 
   - each diffusion guide in GUIDES (the run's own scale for its guide, defaults otherwise);
   - GUIDE>sim for each guide: that guide's imagined actions replayed open-loop in the
     simulator from the same start states (the world model's predicted consequences replaced by
-    the true ones; the actions, and so their log-probs, stay the sampler's);
-  - GUIDE>simr: the same, but only the rewards replaced (the states stay imagined), which
-    splits the world model's part into its reward channel and its state channel.
+    the true ones; the actions stay the sampler's, and log pi(a_k | s_k) is taken at the
+    simulator's states);
+  - GUIDE>simr: the same, but only the rewards replaced (the states stay imagined): a rough
+    split of the world model's part into its reward channel and its state channel (the
+    simulator's rewards also carry what the true trajectory did).
 A second, independent set of M oracle batches (other start states and noise) gives the
 reference direction g_true. Printed per checkpoint and kind:
   - cos_mean: cosine between the kind's mean gradient over the M batches and g_true. The
@@ -103,9 +105,14 @@ def gradients(cfg, kind, state, keys):
 
 def train_denoiser(cfg, state, updates: int, key):
     """`state` after `updates` more denoiser updates on its own replay (the program's diffusion
-    phase: Adam, EMA), nothing else changed: what more world-model training alone would give."""
+    phase: Adam, EMA; with guide `reward` also the reward model), nothing else changed: what
+    more world-model training alone would give. `updates`: a multiple of the updates per
+    iteration."""
     prog = make_train(cfg)
-    n = updates // cfg.diffusion_updates_per_iter
+    n, rest = divmod(updates, cfg.diffusion_updates_per_iter)
+    if rest or n < 0:
+        raise ValueError(f"extra updates {updates}: need a non-negative multiple of "
+                         f"{cfg.diffusion_updates_per_iter} (the diffusion updates per iteration)")
     if n == 0:
         return state
     run = jax.jit(lambda s, ks: jax.lax.scan(lambda s, k: (prog.phases["diffusion"](s, k)[0], None), s, ks)[0])
@@ -139,6 +146,12 @@ def main(argv):
     cfg = _config_from_dict(saved)
     if cfg.model_free or cfg.agent != "a2c" or cfg.sweep:
         sys.exit(f"{a.run}: needs an a2c run in imagination without a sweep")
+    if cfg.wm_error_batch == 0 and cfg.imagination != "oracle":
+        sys.exit(f"{a.run}: its replay keeps no simulator states (wm_error_batch=0), which the "
+                 f"oracle and replayed kinds need")
+    extras = [int(x) for x in a.extra_updates.split(",")]
+    if extras[0] != 0 or extras != sorted(set(extras)):
+        sys.exit(f"--extra_updates={a.extra_updates}: must start at 0 and increase")
     guides = [g for g in a.guides.split(",") if g]
     kinds = ["oracle"] + guides + [g + ">sim" for g in guides] + [g + ">simr" for g in guides]
     ck = ckpt_lib.Checkpointer(os.path.join(a.run, "checkpoints"), read_only=True)
@@ -155,7 +168,7 @@ def main(argv):
         state = jax.tree.map(lambda x: x[a.seed_index], r.state)
         g_true = gradients(cfg, "oracle", state, keys[a.batches:])[0].mean(0)
         rows, done = {}, 0
-        for extra in [int(x) for x in a.extra_updates.split(",")]:
+        for extra in extras:
             state = train_denoiser(cfg, state, extra - done, jax.random.PRNGKey(extra))
             done = extra
             for kind in (kinds if extra == 0 else kinds[1:]):  # the oracle does not use the denoiser

@@ -30,7 +30,8 @@ run() {  # run NAME FLAGS...
   local cmd=("$PY" -m experiments.halfcheetah "${COMMON[@]}" --logdir="$OUT/$name" "$@")
   echo "$(date -Is) start $name: ${cmd[*]}" >> "$OUT/harness.log"
   "${cmd[@]}" >> "$OUT/$name.log" 2>&1
-  echo "$(date -Is) end $name: exit $?" >> "$OUT/harness.log"
+  local rc=$?
+  echo "$(date -Is) end $name: exit $rc" >> "$OUT/harness.log"
 }
 
 if [ "${PARALLEL:-0}" = 1 ]; then
