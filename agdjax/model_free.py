@@ -46,7 +46,7 @@ def make_model_free_train(cfg: Config) -> Program:
         raise ConfigError(f"--agent={cfg.agent} is not allowed with --model_free; choose one of ppo, trpo")
     learner = LEARNERS[cfg.agent]
     env = envs.make_env(cfg.task, cfg.backend)
-    obs_dim, act_dim = env.observation_size, env.action_size
+    obs_dim, act_dim = envs.observation_size(env), env.action_size
     actor, critic = Actor(act_dim, cfg.hidden, cfg.init_std, cfg.min_std), Critic(cfg.hidden)
     nets = a2c.Nets(actor.apply, critic.apply)
     T = cfg.rollout_length

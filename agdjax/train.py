@@ -131,7 +131,7 @@ def make_run_chunk(cfg: Config, eval_phase, train_iteration, eval_reads=lambda s
 
 def make_train(cfg: Config) -> Program:
     env = envs.make_env(cfg.task, cfg.backend)
-    obs_dim, act_dim = env.observation_size, env.action_size
+    obs_dim, act_dim = envs.observation_size(env), env.action_size
     mods = make_modules(cfg, act_dim)
     sched = diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau)
     sample_sched, sample_timesteps = diffusion.respace(sched, cfg.n_sampling_steps)  # imagination's chain

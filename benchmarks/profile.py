@@ -85,7 +85,7 @@ def reverse_step_parts(cfg, guide: str, repeats: int, peak: float, key: int = 0)
     from agdjax.sampler import env_actions, reverse_step
 
     env = envs.make_env(cfg.task, cfg.backend)
-    obs_dim, act_dim = env.observation_size, env.action_size
+    obs_dim, act_dim = envs.observation_size(env), env.action_size
     mods, p = _nets(cfg, obs_dim, act_dim, jax.random.PRNGKey(key))
     fns = _sampler_fns(mods, p["actor"], p["critic"], p["denoiser"])
     sched = diffusion.respace(diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau), cfg.n_sampling_steps)[0]
@@ -128,7 +128,7 @@ def denoiser_update_parts(cfg, repeats: int, peak: float, key: int = 0) -> dict:
     from agdjax import replay as rb
 
     env = envs.make_env(cfg.task, cfg.backend)
-    obs_dim, act_dim = env.observation_size, env.action_size
+    obs_dim, act_dim = envs.observation_size(env), env.action_size
     mods, p = _nets(cfg, obs_dim, act_dim, jax.random.PRNGKey(key))
     sched = diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau)
     replay = rb.init(cfg.n_envs, cfg.capacity_per_env, obs_dim, act_dim)
