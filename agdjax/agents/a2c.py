@@ -59,8 +59,7 @@ def loss_weights(terminal):
 
 
 def targets(cfg, nets: Nets, state: A2CState, obs, reward, terminal):
-    """(For diagnostics: `update` keeps its own copy so that the training program's XLA graph,
-    which the sharding test pins, stays as it was.) The A2C targets of transitions k = 0 … H-2 of imagined trajectories (raw units; obs
+    """The A2C targets of transitions k = 0 … H-2 of imagined trajectories (raw units; obs
     [B, H, obs_dim], reward/terminal [B, H]): (normalised GAE advantage, critic returns, loss
     weights), each [B, H-1], gradients stopped."""
     r, d = reward[:, :-1], terminal[:, :-1]
@@ -86,23 +85,13 @@ def update(cfg, nets: Nets, state: A2CState, obs, action, reward, terminal):
     Returns (new state, metrics dict of scalars).
     """
     s, a = obs[:, :-1], action[:, :-1]
-    r, d = reward[:, :-1], terminal[:, :-1]
-    v_target = nets.critic(state.target_critic, obs)  # [B, H]
-    adv = gae(r, cfg.gamma * (1.0 - d), v_target, cfg.gae_lambda)
-    returns = jax.lax.stop_gradient(adv + v_target[:, :-1])
-    w = loss_weights(d)
-    adv_n = jax.lax.stop_gradient((adv - adv.mean()) / (adv.std() + 1e-8))
-
-    def actor_loss(p):
-        dist = policy_dist(*nets.actor(p, s))
-        logp = dist.log_prob(a)
-        loss = -(w * (logp * adv_n + cfg.entropy_coef * dist.entropy())).mean()
-        return loss, logp
+    adv_n, returns, w = targets(cfg, nets, state, obs, reward, terminal)
 
     def critic_loss(p):
         return (w * 0.5 * (returns - nets.critic(p, s)) ** 2).mean()
 
-    (a_loss, logp_old), a_grad = jax.value_and_grad(actor_loss, has_aux=True)(state.actor)
+    (a_loss, logp_old), a_grad = jax.value_and_grad(
+        lambda p: actor_loss(cfg, nets, p, s, a, adv_n, w), has_aux=True)(state.actor)
     c_loss, c_grad = jax.value_and_grad(critic_loss)(state.critic)
     a_upd, actor_opt = actor_optimizer(cfg).update(a_grad, state.actor_opt, state.actor)
     actor = optax.apply_updates(state.actor, jax.tree.map(lambda u: -state.actor_lr * u, a_upd))
