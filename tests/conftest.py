@@ -5,6 +5,14 @@ does not grow with every file it runs (two workers share the CI machine's memory
 import gc
 import os
 
+# Set before JAX starts its CPU client, and inherited by the tests' subprocesses: LLVM's -O0
+# code generation. The suite compiles many programs and runs each for seconds; -O0 compiles
+# them about a quarter faster (measured: two smoke-run tests 216 s -> 167 s, cold cache) and
+# computes the same functions (only the rounding of vectorised reductions may differ).
+_O0 = "--xla_backend_optimization_level=0"
+if _O0 not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_O0}".strip()
+
 import agdjax  # noqa: F401  (CPU linear algebra without LAPACK calls: agdjax/cpu_linalg.py)
 import jax
 import pytest

@@ -116,12 +116,14 @@ def test_seeds_not_divisible_by_devices(tmp_path):
 
 def test_distributed_single_process(tmp_path):
     """--distributed runs jax.distributed.initialize() (here: a coordinator on localhost, one
-    process) and then the run as usual."""
+    process) and then the run as usual (model-free PPO: the driver's loop with the
+    cheapest program to compile; the compile is not shared with other tests, its cache key
+    names the distributed client)."""
     import socket
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
         port = sock.getsockname()[1]
-    p = run_cli(SMOKE + ["--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=1",
+    p = run_cli(SMOKE + ["--model_free", "--agent=ppo", "--distributed", f"--coordinator_address=localhost:{port}", "--num_processes=1",
                          "--process_id=0", "--progress=false", f"--logdir={tmp_path / 'run'}"])
     assert p.returncode == 0, p.stderr[-3000:]
     assert "done: final eval return" in p.stdout

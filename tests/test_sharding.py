@@ -23,7 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def sharded(tmp_path, name, *args, n_devices=2):
     out = tmp_path / f"{name}.json"
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_devices}")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n_devices}"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     proc = childproc.run([sys.executable, os.path.join(HERE, "sharded_run.py"), str(out), *args],
                          env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
