@@ -379,20 +379,33 @@ def _validate_ppo_trpo(cfg: Config):
 
 # ---------------------------------------------------------------------------- presets
 # `paper`: the reference numbers of DESIGN §1. `cpu`: a smaller denoiser, networks, batches,
-# number of diffusion steps and update ratios (0.5 diffusion steps and 0.1 agent updates per
-# env step, actor lr cap 1e-4 to make up for fewer updates) for a 2-core CPU. Its denoiser
+# number of diffusion steps and agent updates (0.1 per env step, actor lr cap 1e-4 to make up
+# for fewer updates) for a 2-core CPU. The denoiser gets the reference's windows per env step:
+# 2.0 updates of 128 windows = 1.0 x 256 (the imagined policy gradient was nearly orthogonal
+# to the true one at 10k env steps with 0.5 x 128, cos 0.03, and 0.49 with 2.0 x 128;
+# docs/RESULTS.md, session 8). Its denoiser
 # (512 x 3) sees the actions unscaled (`scale_action_input=False`). On the same replay, that
 # predicts states, rewards and the action's cost better than the reference's
 # sqrt(alpha_bar_t) * a, and better than a 256 x 2 denoiser: the correlation of imagined with
 # simulated advantages rises from 0.27 to 0.46 (docs/RESULTS.md, "Imagination quality").
 # `smoke`: seconds, for tests.
+
+
+def reference_windows_per_env_step(diffusion_batch: int) -> float:
+    """Denoiser updates per env step that train on as many windows per env step as the
+    reference (1.0 update of 256 windows, the `paper` preset) with batches of `diffusion_batch`."""
+    paper = Config()
+    return paper.diffusion_steps_per_env_step * paper.diffusion_batch / diffusion_batch
+
+
 _PRESETS = {
     "paper": dict(),
     "cpu": dict(
         n_envs=10, steps_per_iter=100, total_env_steps=100_000, replay_capacity=105_000,
         n_diffusion_steps=16, denoiser_hidden=512, denoiser_blocks=3, diffusion_batch=128,
         agent_batch=64, hidden=128, eval_episodes=10, iters_per_chunk=5,
-        diffusion_steps_per_env_step=0.5, agent_updates_per_env_step=0.1, actor_lr_max=1e-4,
+        diffusion_steps_per_env_step=reference_windows_per_env_step(128),
+        agent_updates_per_env_step=0.1, actor_lr_max=1e-4,
         scale_action_input=False,
     ),
     "smoke": dict(

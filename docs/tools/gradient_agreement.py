@@ -43,6 +43,7 @@ jax.config.update("jax_compilation_cache_dir", os.environ.get("AGDJAX_JAX_CACHE"
                                                               os.path.expanduser("~/.cache/agdjax-jax")))
 from agdjax import checkpoint as ckpt_lib, envs, replay as rb  # noqa: E402
 from agdjax.agents import a2c  # noqa: E402
+from agdjax.guidance import one_step_advantage  # noqa: E402
 from agdjax.loop import _compiled  # noqa: E402
 from agdjax.train import make_modules, make_train  # noqa: E402
 from agdjax.wm_error import _config_from_dict  # noqa: E402
@@ -55,12 +56,6 @@ def actor_gradient(cfg, nets, agent, im):
     g = jax.grad(lambda p: a2c.actor_loss(cfg, nets, p, im.obs[:, :-1], im.action[:, :-1], adv_n, w)[0])(
         agent.actor)
     return jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)])
-
-
-def one_step_advantage(cfg, nets, agent, im):
-    v = nets.critic(agent.critic, im.obs)
-    alive = 1.0 - im.terminal[:, :-1]
-    return (im.reward[:, :-1] + cfg.gamma * alive * v[:, 1:] - v[:, :-1]).mean()
 
 
 def kind_config(cfg, kind):
@@ -97,7 +92,9 @@ def gradients(cfg, kind, state, keys):
         im = prog.phases["imagine"](state, key)
         if sim:
             im = replayed(env, state, im, key, c.agent_batch, rewards_only=sim == "simr")
-        return actor_gradient(c, nets, state.agent, im), one_step_advantage(c, nets, state.agent, im)
+        adv = one_step_advantage(lambda o: nets.critic(state.agent.critic, o), im.obs, im.reward, im.terminal,
+                                 c.gamma)
+        return actor_gradient(c, nets, state.agent, im), adv.mean()
 
     g, adv = jax.jit(jax.vmap(one, in_axes=(None, 0)))(state, keys)
     return np.asarray(g, np.float64), float(np.mean(adv))
