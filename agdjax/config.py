@@ -378,6 +378,14 @@ def _validate_ppo_trpo(cfg: Config):
 
 
 # ---------------------------------------------------------------------------- presets
+def reference_windows_per_env_step(diffusion_batch: int) -> float:
+    """Denoiser updates per env step that train on as many windows per env step as the
+    reference (1.0 update of 256 windows: the Config defaults, which the `paper` preset keeps)
+    with batches of `diffusion_batch`."""
+    paper = Config()
+    return paper.diffusion_steps_per_env_step * paper.diffusion_batch / diffusion_batch
+
+
 # `paper`: the reference numbers of DESIGN §1. `cpu`: a smaller denoiser, networks, batches,
 # number of diffusion steps and agent updates (0.1 per env step, actor lr cap 1e-4 to make up
 # for fewer updates) for a 2-core CPU. The denoiser gets the reference's windows per env step:
@@ -389,15 +397,6 @@ def _validate_ppo_trpo(cfg: Config):
 # sqrt(alpha_bar_t) * a, and better than a 256 x 2 denoiser: the correlation of imagined with
 # simulated advantages rises from 0.27 to 0.46 (docs/RESULTS.md, "Imagination quality").
 # `smoke`: seconds, for tests.
-
-
-def reference_windows_per_env_step(diffusion_batch: int) -> float:
-    """Denoiser updates per env step that train on as many windows per env step as the
-    reference (1.0 update of 256 windows, the `paper` preset) with batches of `diffusion_batch`."""
-    paper = Config()
-    return paper.diffusion_steps_per_env_step * paper.diffusion_batch / diffusion_batch
-
-
 _PRESETS = {
     "paper": dict(),
     "cpu": dict(

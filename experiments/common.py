@@ -50,7 +50,7 @@ flags.DEFINE_integer("iters_per_chunk", None, "iterations per compiled chunk: on
                      "flush and checkpoint step (default: the preset's; paper 10, cpu 5)")
 flags.DEFINE_float("diffusion_steps_per_env_step", None, "denoiser updates per env step; times "
                    "n_envs*steps_per_iter must be a whole number (default: the preset's; paper 1.0, "
-                   "cpu 0.5)")
+                   "cpu 2.0)")
 flags.DEFINE_string("logdir", None, "run directory (default: runs/<task>_<guide>_<preset>_<time>)")
 flags.DEFINE_integer("checkpoint_every", None,
                      "env steps between Orbax checkpoints, rounded to whole chunks (default: the "

@@ -172,7 +172,6 @@ def test_action_input_scaling_per_preset():
     assert make_config("halfcheetah", "smoke").scale_action_input
 
 
-
 def test_cpu_preset_trains_the_denoiser_on_the_reference_windows_per_env_step():
     """The cpu preset's smaller diffusion batch is made up by more updates: denoiser windows per
     env step (updates per env step x batch) equal the paper preset's, 1.0 x 256 (session 8 of
@@ -183,6 +182,7 @@ def test_cpu_preset_trains_the_denoiser_on_the_reference_windows_per_env_step():
     windows = lambda c: c.diffusion_steps_per_env_step * c.diffusion_batch
     assert windows(paper) == 256.0 and windows(cpu) == windows(paper)
     assert cpu.diffusion_batch < paper.diffusion_batch and cpu.diffusion_updates_per_iter == 2000
+
 
 # ------------------------------------------------------------------ respaced sampling
 def test_respace_keeps_alpha_bar_at_evenly_spaced_steps():

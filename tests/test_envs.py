@@ -25,15 +25,15 @@ def test_step_batch_equals_vmapped_step_with_resets():
     b = jax.jit(functools.partial(_rollout, batch))(carry, actions)
     assert float(a[1].truncated.sum()) == 2 * n  # both resets happened
     # float32 rounding only: XLA compiles the three programs differently, and 7 chaotic physics
-    # steps grow that to ~1e-4 (CI with mujoco 4.0.1: 5 of 357 entries 4e-5..1.2e-4 apart);
-    # a wrong reset or a swapped environment is off by O(1)
+    # steps grow that to ~1e-4 (CI with mujoco 4.0.1: 5 of 357 entries 4e-5..1.2e-4 apart, at
+    # rtol = atol = 1e-5); a wrong reset or a swapped environment is off by O(1)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-3, atol=1e-3)
     # under a seed vmap (the cond becomes a select): the same again, seed by seed
     carries = jax.tree.map(lambda x: jnp.stack([x, x]), carry)
     c = jax.jit(jax.vmap(functools.partial(_rollout, batch), in_axes=(0, None)))(carries, actions)
     for x, y in zip(jax.tree.leaves(b), jax.tree.leaves(c)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y)[1], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y)[1], rtol=1e-3, atol=1e-3)
 
 
 def test_environment_gets_the_raw_action_and_the_physics_clamps_it():

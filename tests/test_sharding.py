@@ -19,8 +19,8 @@ from sharded_run import learned_parameters
 # training grows that (Adam divides by sqrt(v); the collected data follow chaotic physics).
 # Measured (mujoco 4.0.1): kernels 2e-7..1.4e-4 apart as leaves, while a bias that has moved
 # little from its zero init is up to 5e-3 of its own norm off (one step of Adam on a
-# near-zero gradient goes either way), so leaves are not compared one by one. Rounding every
-# parameter to bfloat16 is 1.7e-3 off (test below); a resume that lost the optimiser state
+# near-zero gradient goes either way), so leaves are not compared one by one. Rounding a
+# network's weights to bfloat16 is about 1.7e-3 off (random weights, test below); a resume that lost the optimiser state
 # or mixed up the seeds is off by far more.
 PARAM_REL_NORM = 5e-4
 
@@ -57,7 +57,7 @@ def sharded(tmp_path, name, *args, n_devices=2):
 def test_sharded_two_seeds_equal_unsharded(smoke_runs, tmp_path):
     """2 seeds on 2 devices (one each), checkpointed, stopped after the second chunk and resumed
     in a new process, against the same 2 seeds vmapped on one device. Every training metric
-    and every learned parameter agrees to float rounding; the evaluation's metrics agree
+    and each network's learned parameters (relative norm) agree to float rounding; the evaluation's metrics agree
     tightly at step 0 (same parameters), and the world-model error loosely after training.
     The eval return after training is not compared: 20 chaotic physics steps per episode
     turn rounding-size parameter differences into differences larger than the signal
