@@ -25,7 +25,7 @@ from agdjax.wm_error import WM_METRICS, advantage_corr, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
-           "critic_explained_variance", "guide_step_ratio", "action_z_std")
+           "critic_explained_variance", "guide_step_ratio", "action_z_std", "policy_mean_abs")
 EVAL_METRICS = ("eval_return",) + WM_METRICS  # computed by the evaluation phase, logged at its env step
 
 
@@ -294,7 +294,7 @@ def make_train(cfg: Config) -> Program:
         log_delta = delta_update(state.log_delta, z_std, cfg.lr_delta)
         m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta),
                  policy_std=im.policy_std[:, :-1].mean(), guide_step_ratio=im.guide_step_ratio,
-                 action_z_std=z_std)
+                 action_z_std=z_std, policy_mean_abs=jnp.abs(im.policy_mean[:, :-1]).mean())
         return state.replace(agent=agent, log_delta=log_delta), m
 
     # ------------------------------------------------------------------ one iteration
@@ -364,7 +364,7 @@ def make_train(cfg: Config) -> Program:
 
 _AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "kl", "imagined_advantage",
                   "action_guidance_scale", "policy_std", "critic_explained_variance", "guide_step_ratio",
-                  "action_z_std")
+                  "action_z_std", "policy_mean_abs")
 LEARNERS = {"a2c": a2c, "ppo": ppo, "trpo": trpo}  # imagination learners, same update interface
 
 

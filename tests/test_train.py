@@ -12,7 +12,7 @@ from agdjax.config import make_config
 
 FAST = "positional"  # the Brax backend that compiles fastest on a CPU
 REQUIRED = ("seed", "env_steps", "diffusion_loss", "actor_loss", "critic_loss", "imagined_advantage",
-            "action_guidance_scale", "env_steps_per_s")
+            "action_guidance_scale", "env_steps_per_s", "policy_std", "policy_mean_abs")
 
 
 def smoke(cache, task="halfcheetah", guide="sag", backend=FAST, seeds=(0,), logdir=None, agent="a2c",
