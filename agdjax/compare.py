@@ -136,15 +136,27 @@ def _base_label(cfg: dict) -> str:
     return label
 
 
-def group_runs(runs) -> list:
+def zero_scale_as_none(cfg: dict) -> dict:
+    """The config with a guide of scale c = 0 written as `none`: the sampler is then the same
+    (tests/test_guidance.py::test_guide_scale_zero_equals_none), so such members are seeds of
+    the `none` group."""
+    if cfg.get("guide", "none") != "none" and cfg.get("c") == 0:
+        return {**cfg, "guide": "none"}
+    return cfg
+
+
+def group_runs(runs, zero_scale_is_none: bool = False) -> list:
     """[{label, config, runs, members: [(run, seed, curve, wm)]}] in order of first appearance;
     runs whose configs differ only in guide_scale None vs its resolved value share a group. The
-    members of a sweep go to the group of their swept values (config.json `members`)."""
+    members of a sweep go to the group of their swept values (config.json `members`). With
+    `zero_scale_is_none`, members with c = 0 join the `none` group (zero_scale_as_none)."""
     groups = {}
     for run in runs:
         curves, wm = member_curves(run), member_wm(run)
         for m in run.get("members", [{"seed": s} for s in run["seeds"]]):
             cfg = member_config(run, m)
+            if zero_scale_is_none:
+                cfg = zero_scale_as_none(cfg)
             g = groups.setdefault(_group_key(cfg), {"config": cfg, "runs": [], "members": []})
             if not any(r is run for r in g["runs"]):
                 g["runs"].append(run)
@@ -342,15 +354,16 @@ def plot_groups(curves, path: str, title=None):
     plt.close(fig)
 
 
-def compare(run_dirs, out_dir=None, steps=None, reps: int = 5000, seed: int = 0, title=None) -> dict:
+def compare(run_dirs, out_dir=None, steps=None, reps: int = 5000, seed: int = 0, title=None,
+            zero_scale_is_none: bool = False) -> dict:
     """Writes compare.md, compare.png and compare.json for `run_dirs` into `out_dir` (default:
-    the first run directory); returns the JSON dict.
+    the first run directory); returns the JSON dict. `zero_scale_is_none`: see group_runs.
 
     Raises:
       FileNotFoundError: a run directory lacks config.json or metrics.jsonl.
     """
     runs = [load_run(d) for d in run_dirs]
-    groups = group_runs(runs)
+    groups = group_runs(runs, zero_scale_is_none)
     steps = sorted(steps) if steps else default_steps(groups)
     stats = [group_stats(g, steps, reps, seed) for g in groups]
     curves = [(g["label"], len(g["members"]), group_curve(g, reps, seed)) for g in groups]
@@ -387,9 +400,12 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5000, help="bootstrap resamples (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--title", default=None, help="figure title")
+    p.add_argument("--zero_scale_is_none", action="store_true",
+                   help="pool members of a guide at scale c = 0 (e.g. a --guide_scale=0,3 sweep) into the none group")
     args = p.parse_args(argv)
     try:
-        result = compare(args.run_dirs, args.out, args.steps, args.reps, args.seed, args.title)
+        result = compare(args.run_dirs, args.out, args.steps, args.reps, args.seed, args.title,
+                         args.zero_scale_is_none)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

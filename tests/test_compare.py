@@ -162,3 +162,27 @@ def test_sweep_members_join_the_groups_of_their_values(tmp_path):
     assert groups["sag c=0"]["n_seeds"] == 2 and groups["sag c=0"]["end"][0] == pytest.approx(0.5)
     assert groups["sag c=3"]["n_seeds"] == 3 and groups["sag c=3"]["end"][0] == pytest.approx((30 + 31 + 35) / 3)
     assert os.path.isfile(tmp_path / "out" / "compare.png")
+
+
+def test_zero_scale_members_pool_with_none_on_request(tmp_path):
+    """A sweep's c = 0 members join a separate `none` run's group with zero_scale_is_none, and
+    stay their own group without it; c = 3 members are never pooled with `none`."""
+    d = tmp_path / "sweep"
+    os.makedirs(d)
+    cfg = make_config("halfcheetah", "smoke", backend="spring", guide="sag", sweep={"guide_scale": [0.0, 3.0]})
+    members = [{"seed": s, "guide_scale": c} for c in (0.0, 3.0) for s in (0, 1)]
+    with open(d / "config.json", "w") as f:
+        json.dump({"config": {**cfg.to_dict(), "c": [0.0, 3.0]}, "seeds": [0, 1], "members": members}, f)
+    with open(d / "metrics.jsonl", "w") as f:
+        for step in (0, 64):
+            for m in members:
+                f.write(json.dumps({**m, "env_steps": step, "eval_return": (10 * m["guide_scale"] + m["seed"])
+                                    * step / 64}) + "\n")
+    none = write_run(tmp_path / "none", [5, 6], {5: {0: 0.0, 64: 5.0}, 6: {0: 0.0, 64: 6.0}}, guide="none")
+    apart = by_label(compare.compare([str(d), none], str(tmp_path / "a"), steps=[64], reps=200))
+    assert set(apart) == {"sag c=0", "sag c=3", "none"}
+    pooled = by_label(compare.compare([str(d), none], str(tmp_path / "b"), steps=[64], reps=200,
+                                      zero_scale_is_none=True))
+    assert set(pooled) == {"none", "sag c=3"}
+    assert pooled["none"]["n_seeds"] == 4 and pooled["none"]["end"][0] == pytest.approx((0 + 1 + 5 + 6) / 4)
+    assert pooled["sag c=3"]["n_seeds"] == 2

@@ -1,5 +1,5 @@
 """Markdown tables of one run's metrics.jsonl every 10k env steps, one table per swept value
-(e.g. a `--guide_scale=0,3` sweep): the eval return of each seed and their mean, and the
+(e.g. a `--guide_scale=0,3` sweep; an unswept run is one group): the eval return of each seed and their mean, and the
 learner's and the world model's diagnostics (mean over the group's seeds of the row logged at
 that env step).
 
@@ -13,6 +13,7 @@ import math
 DIAG = [("policy_std", "std"), ("policy_mean_abs", "mean abs μ"), ("critic_loss", "critic loss"),
         ("critic_explained_variance", "critic EV"), ("logprob_change", "mean abs Δ log π"), ("actor_lr", "actor lr"),
         ("action_guidance_scale", "delta"), ("guide_step_ratio", "guide step"), ("train_return", "train return"),
+        ("imagined_advantage", "im. adv."), ("diffusion_loss", "diffusion loss"),
         ("wm_state_error_1", "wm s1"), ("wm_state_error_last", "wm s(H-1)"), ("wm_reward_error", "wm r"),
         ("wm_advantage_corr", "adv corr")]
 
