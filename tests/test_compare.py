@@ -140,21 +140,27 @@ def test_cli(runs, tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "missing" in p.stderr
 
 
-def test_sweep_members_join_the_groups_of_their_values(tmp_path):
-    """A sweep run (guide_scale 0 and 3, seeds 0 and 1; rows carry the swept value) splits
-    into one group per value, and a separate run at guide_scale 3 joins the c=3 group."""
-    d = tmp_path / "sweep"
+def write_sweep(d, member_extra=None):
+    """A `--guide=sag --guide_scale=0,3` sweep run over seeds 0 and 1; a member's eval return
+    rises linearly from 0 to 10 * c + seed at env step 64."""
     os.makedirs(d)
     cfg = make_config("halfcheetah", "smoke", backend="spring", guide="sag", sweep={"guide_scale": [0.0, 3.0]})
     members = [{"seed": s, "guide_scale": c} for c in (0.0, 3.0) for s in (0, 1)]
     with open(d / "config.json", "w") as f:
         json.dump({"config": {**cfg.to_dict(), "c": [0.0, 3.0]}, "seeds": [0, 1],
-                   "members": [dict(m, actor_lr_max=3e-5) for m in members]}, f)
+                   "members": [dict(m, **(member_extra or {})) for m in members]}, f)
     with open(d / "metrics.jsonl", "w") as f:
         for step in (0, 64):
-            for m in members:  # return: 10 * c + seed at the end
+            for m in members:
                 f.write(json.dumps({**m, "env_steps": step, "eval_return": (10 * m["guide_scale"] + m["seed"])
                                     * step / 64}) + "\n")
+    return str(d)
+
+
+def test_sweep_members_join_the_groups_of_their_values(tmp_path):
+    """A sweep run (guide_scale 0 and 3, seeds 0 and 1; rows carry the swept value) splits
+    into one group per value, and a separate run at guide_scale 3 joins the c=3 group."""
+    d = write_sweep(tmp_path / "sweep", {"actor_lr_max": 3e-5})
     single = write_run(tmp_path / "single", [5], {5: {0: 0.0, 64: 35.0}}, guide="sag", guide_scale=3.0)
     result = compare.compare([str(d), single], str(tmp_path / "out"), steps=[64], reps=200)
     groups = by_label(result)
@@ -167,17 +173,7 @@ def test_sweep_members_join_the_groups_of_their_values(tmp_path):
 def test_zero_scale_members_pool_with_none_on_request(tmp_path):
     """A sweep's c = 0 members join a separate `none` run's group with zero_scale_is_none, and
     stay their own group without it; c = 3 members are never pooled with `none`."""
-    d = tmp_path / "sweep"
-    os.makedirs(d)
-    cfg = make_config("halfcheetah", "smoke", backend="spring", guide="sag", sweep={"guide_scale": [0.0, 3.0]})
-    members = [{"seed": s, "guide_scale": c} for c in (0.0, 3.0) for s in (0, 1)]
-    with open(d / "config.json", "w") as f:
-        json.dump({"config": {**cfg.to_dict(), "c": [0.0, 3.0]}, "seeds": [0, 1], "members": members}, f)
-    with open(d / "metrics.jsonl", "w") as f:
-        for step in (0, 64):
-            for m in members:
-                f.write(json.dumps({**m, "env_steps": step, "eval_return": (10 * m["guide_scale"] + m["seed"])
-                                    * step / 64}) + "\n")
+    d = write_sweep(tmp_path / "sweep")
     none = write_run(tmp_path / "none", [5, 6], {5: {0: 0.0, 64: 5.0}, 6: {0: 0.0, 64: 6.0}}, guide="none")
     apart = by_label(compare.compare([str(d), none], str(tmp_path / "a"), steps=[64], reps=200))
     assert set(apart) == {"sag c=0", "sag c=3", "none"}
