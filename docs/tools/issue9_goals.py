@@ -14,16 +14,15 @@ from agdjax.compare import group_runs, load_run, value_at
 
 
 def goal_rows(groups, end: int, mid: int) -> list:
-    """[(label, seeds, step-0 mean, end mean, end - step 0, [seeds below their mid value], n at end)]."""
+    """[(label, seeds, step-0 mean, end mean, end - step 0, [seeds below their mid value], n)]
+    over the n seeds that have both a step-0 and an `end` evaluation."""
     rows = []
     for g in groups:
-        curves = {seed: c for _, seed, c, _ in g["members"] if c}
-        at0 = [c[0] for c in curves.values() if 0 in c]
-        at_end = {s: c[end] for s, c in curves.items() if end in c}
-        below = [s for s, v in at_end.items() if (m := value_at(curves[s], mid)) is not None and v < m]
-        m0 = float(np.mean(at0)) if at0 else float("nan")
-        me = float(np.mean(list(at_end.values()))) if at_end else float("nan")
-        rows.append((g["label"], sorted(curves), m0, me, me - m0, below, len(at_end)))
+        curves = {seed: c for _, seed, c, _ in g["members"] if c and 0 in c and end in c}
+        below = [s for s, c in curves.items() if (m := value_at(c, mid)) is not None and c[end] < m]
+        m0 = float(np.mean([c[0] for c in curves.values()])) if curves else float("nan")
+        me = float(np.mean([c[end] for c in curves.values()])) if curves else float("nan")
+        rows.append((g["label"], sorted(curves), m0, me, me - m0, below, len(curves)))
     return rows
 
 
@@ -35,10 +34,10 @@ def main():
     ap.add_argument("--zero_scale_is_none", action="store_true")
     a = ap.parse_args()
     groups = group_runs([load_run(d) for d in a.run_dirs], a.zero_scale_is_none)
-    print(f"| group | seeds | step 0 | {a.end:,} (n) | {a.end:,} − step 0 | seeds below their {a.mid:,} value |")
+    print(f"| group | seeds | step 0 | {a.end:,} | {a.end:,} − step 0 | seeds below their {a.mid:,} value |")
     print("|---|---|---|---|---|---|")
     for label, seeds, m0, me, diff, below, n in goal_rows(groups, a.end, a.mid):
-        print(f"| {label} | {', '.join(map(str, seeds))} | {m0:.1f} | {me:.1f} ({n}) | {diff:+.1f} | "
+        print(f"| {label} | {', '.join(map(str, seeds))} | {m0:.1f} | {me:.1f} | {diff:+.1f} | "
               f"{len(below)} of {n}" + (f" ({', '.join(map(str, below))})" if below else "") + " |")
 
 
