@@ -1,10 +1,11 @@
-"""`python -m agdjax.compare RUN_DIR [RUN_DIR ...] [--out DIR] [--steps 10000,50000]`: a
-comparison report of several runs, seeds pooled by their settings.
+"""`python -m agdjax.compare RUN_DIR [RUN_DIR ...] [--out DIR] [--steps 10000,50000]
+[--zero_scale_is_none]`: a comparison report of several runs, seeds pooled by their settings.
 
 Every seed of every run is one member. Members whose runs have the same configuration (the
 whole `config` of config.json with the guide scale as resolved, `Config.c`) form a group,
 labelled like `sag c=3`, `none` or `ppo (model-free)` (task, preset, backend and any other
-field that differs between groups are added to the label). Writes into `--out` (default: the
+field that differs between groups are added to the label). With `--zero_scale_is_none`, a
+guide's members at c = 0 are seeds of `none` (the same sampler). Writes into `--out` (default: the
 first run directory):
 
 - `compare.md`: per group, the mean eval return over seeds with a 95% stratified-bootstrap

@@ -175,10 +175,14 @@ def test_zero_scale_members_pool_with_none_on_request(tmp_path):
     stay their own group without it; c = 3 members are never pooled with `none`."""
     d = write_sweep(tmp_path / "sweep")
     none = write_run(tmp_path / "none", [5, 6], {5: {0: 0.0, 64: 5.0}, 6: {0: 0.0, 64: 6.0}}, guide="none")
-    apart = by_label(compare.compare([str(d), none], str(tmp_path / "a"), steps=[64], reps=200))
-    assert set(apart) == {"sag c=0", "sag c=3", "none"}
-    pooled = by_label(compare.compare([str(d), none], str(tmp_path / "b"), steps=[64], reps=200,
-                                      zero_scale_is_none=True))
+    zero = write_run(tmp_path / "zero", [7], {7: {0: 0.0, 64: 7.0}}, guide="sag", guide_scale=0.0)  # unswept
+    runs = [d, none, zero]
+    apart = by_label(compare.compare(runs, str(tmp_path / "a"), steps=[64], reps=200))
+    assert set(apart) == {"sag c=0", "sag c=3", "none"} and apart["sag c=0"]["n_seeds"] == 3
+    pooled = by_label(compare.compare(runs, str(tmp_path / "b"), steps=[64], reps=200, zero_scale_is_none=True))
     assert set(pooled) == {"none", "sag c=3"}
-    assert pooled["none"]["n_seeds"] == 4 and pooled["none"]["end"][0] == pytest.approx((0 + 1 + 5 + 6) / 4)
+    assert pooled["none"]["n_seeds"] == 5 and pooled["none"]["end"][0] == pytest.approx((0 + 1 + 5 + 6 + 7) / 5)
     assert pooled["sag c=3"]["n_seeds"] == 2
+    assert compare.main(runs + ["--out", str(tmp_path / "c"), "--steps=64", "--reps=200", "--zero_scale_is_none"]) == 0
+    with open(tmp_path / "c" / "compare.json") as f:
+        assert {g["label"] for g in json.load(f)["groups"]} == {"none", "sag c=3"}

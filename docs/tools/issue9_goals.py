@@ -15,10 +15,17 @@ from agdjax.compare import group_runs, load_run, value_at
 
 def goal_rows(groups, end: int, mid: int) -> list:
     """[(label, seeds, step-0 mean, end mean, end - step 0, [seeds below their mid value], n)]
-    over the n seeds that have both a step-0 and an `end` evaluation."""
+    over the n seeds that have both a step-0 and an `end` evaluation (a seed with no evaluation
+    at or before `mid` counts as not below)."""
     rows = []
     for g in groups:
-        curves = {seed: c for _, seed, c, _ in g["members"] if c and 0 in c and end in c}
+        curves = {}
+        for run_dir, seed, c, _ in g["members"]:
+            if c and 0 in c and end in c:
+                if seed in curves:
+                    raise SystemExit(f"seed {seed} is in group {g['label']!r} twice (again in {run_dir}); "
+                                     "pass each seed's run once")
+                curves[seed] = c
         below = [s for s, c in curves.items() if (m := value_at(c, mid)) is not None and c[end] < m]
         m0 = float(np.mean([c[0] for c in curves.values()])) if curves else float("nan")
         me = float(np.mean([c[end] for c in curves.values()])) if curves else float("nan")

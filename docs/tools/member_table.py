@@ -37,7 +37,7 @@ def main():
         seeds = sorted({r["seed"] for rs in by_step.values() for r in rs})
         cols = [name for key, name in DIAG if any(finite(r.get(key)) for rs in by_step.values() for r in rs)]
         keys = [key for key, name in DIAG if name in cols]
-        print(f"\n{a.by}={g}\n")
+        print(f"\n{a.by}={g}\n" if g is not None else "\n(no sweep: every member)\n")
         print("| env steps | " + " | ".join(f"eval {s}" for s in seeds) + " | eval mean | " + " | ".join(cols) + " |")
         print("|---" * (len(seeds) + 2 + len(cols)) + "|")
         for step in sorted(by_step):
