@@ -162,7 +162,7 @@ def test_sweep_members_join_the_groups_of_their_values(tmp_path):
     into one group per value, and a separate run at guide_scale 3 joins the c=3 group."""
     d = write_sweep(tmp_path / "sweep", {"actor_lr_max": 3e-5})
     single = write_run(tmp_path / "single", [5], {5: {0: 0.0, 64: 35.0}}, guide="sag", guide_scale=3.0)
-    result = compare.compare([str(d), single], str(tmp_path / "out"), steps=[64], reps=200)
+    result = compare.compare([d, single], str(tmp_path / "out"), steps=[64], reps=200)
     groups = by_label(result)
     assert set(groups) == {"sag c=0", "sag c=3"}
     assert groups["sag c=0"]["n_seeds"] == 2 and groups["sag c=0"]["end"][0] == pytest.approx(0.5)

@@ -1,7 +1,7 @@
 """Markdown tables of one run's metrics.jsonl every 10k env steps, one table per swept value
-(e.g. a `--guide_scale=0,3` sweep; an unswept run is one group): the eval return of each seed and their mean, and the
-learner's and the world model's diagnostics (mean over the group's seeds of the row logged at
-that env step).
+(e.g. a `--guide_scale=0,3` sweep; an unswept run is one table): the eval return of each seed
+and their mean, and the learner's and the world model's diagnostics (mean over the group's
+seeds of the row logged at that env step).
 
     python docs/tools/member_table.py RUN_DIR [--every 10000] [--by guide_scale]
 """
