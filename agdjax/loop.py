@@ -319,35 +319,19 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
     Raises:
       NonFiniteError: a metric or parameter became non-finite (that state is not saved).
       ValueError: resume without a run in logdir, or one that cannot continue as `cfg`.
+      FileExistsError: a new run into a logdir that already holds one.
     """
     seeds = list(seeds)
     members = run_members(cfg, seeds)  # every (swept values, seed) pair: one vmapped member each
     names = [member_name(m) for m in members]
     L, E, n_iters = cfg.iters_per_chunk, cfg.env_steps_per_iter, cfg.n_iters
     n_chunks = math.ceil((n_iters + 1) / L)
-    if (resume or checkpoint_every is not None) and not logdir:
-        raise ValueError("checkpoints and resume need a logdir")
-    if checkpoint_every is not None and checkpoint_every <= 0:
-        raise ValueError(f"checkpoint_every={checkpoint_every} must be positive")
-    if resume:
-        if not os.path.exists(os.path.join(logdir, "config.json")):
-            raise ValueError(f"cannot resume: {logdir} holds no run (no config.json)")
-        why = resume_mismatch(*runlog.read_config(logdir), cfg, seeds)
-        if why:
-            raise ValueError(f"cannot resume the run in {logdir}: {why}")
-
-    elif logdir:
-        if os.path.exists(os.path.join(logdir, "metrics.jsonl")):
-            raise FileExistsError(f"{logdir} already holds a run (metrics.jsonl); resume it or use a new logdir")
-        ck_dir = os.path.join(logdir, "checkpoints")
-        if os.path.isdir(ck_dir) and os.listdir(ck_dir):
-            raise FileExistsError(f"{ck_dir} already holds checkpoints; resume the run or use a new logdir")
+    _check_logdir(cfg, seeds, logdir, resume, checkpoint_every)
 
     log_fn(compile_message(cfg, len(members)))
     t0 = time.perf_counter()
     compiled = _compiled(cfg, len(members))
     keys, hparams = member_inputs(cfg, members, compiled.sharding)
-    abstract = compiled.abstract
     t_compile = time.perf_counter() - t0
 
     ckpt = None
@@ -359,17 +343,9 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
     t_prefill = 0.0
     if resume:
         t0 = time.perf_counter()
-        restored = _restore(cfg, seeds, names, logdir, ckpt, abstract, log_fn)
+        restored = _restore(cfg, seeds, names, logdir, ckpt, compiled.abstract, log_fn)
         if restored is not None and restored.driver["final"]:  # same budget: nothing left to run
-            log_fn(f"resume: the run in {logdir} is already complete")
-            ckpt.close()
-            rows = runlog.read_rows(logdir)[:restored.driver["rows"]]
-            try:
-                with open(os.path.join(logdir, "summary.json")) as f:
-                    summary = json.load(f)
-            except (OSError, ValueError):
-                summary = runlog.summarize(rows, seeds, members)
-            return restored.state, rows, summary
+            return _completed_run(restored, logdir, seeds, members, ckpt, log_fn)
         # the checkpoints after the one continued from are removed only once the run has new
         # rows (or before its first save): a resume killed before that leaves the run as it was
         stale_after = restored.step if restored else -1
@@ -381,16 +357,11 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
                                   keep_rows=(restored.driver["rows"] if restored else 0) if resume else None)
     try:
         if restored is not None:
-            state = restored.state
-            start_chunk = restored.driver["next_chunk"]
+            state, start_chunk = restored.state, restored.driver["next_chunk"]
             prev_train = [None if p is None else dict(p) for p in restored.driver["prev_train"]]
         else:
-            t0 = time.perf_counter()
-            init_c = compiled.init()
-            t_compile += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            state = jax.block_until_ready(init_c(keys, hparams))
-            t_prefill = time.perf_counter() - t0
+            state, t_init_compile, t_prefill = _fresh_state(compiled, keys, hparams)
+            t_compile += t_init_compile
             start_chunk, prev_train = 0, [None] * len(members)
         rows = list(writer.rows) if writer else []
         if start_chunk < n_chunks:
@@ -398,30 +369,19 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             chunk_c = compiled.chunk()
             t_compile += time.perf_counter() - t0
         log_fn(f"compiled in {t_compile:.1f} s")
-
-        def driver(c, final=False):
-            return {"step": c, "next_chunk": c, "final": final, "rows": len(rows),
-                    "prev_train": prev_train, "env_steps": min(c * L, n_iters) * E, "n_iters": n_iters,
-                    "iters_per_chunk": L, "seeds": seeds, "config": cfg.to_dict()}
+        driver = lambda c, final=False: _driver_state(cfg, seeds, c, final, len(rows), prev_train)
 
         bar = runlog.Progress(cfg.total_env_steps, enabled=progress and jax.process_index() == 0,
                               initial=min(start_chunk * L, n_iters) * E, every_s=progress_every_s)
+        resumed_at = start_chunk if restored is not None else None  # that state is saved already
         t_run = time.perf_counter()
         for c in range(start_chunk, n_chunks):
-            if ckpt is not None and every_chunks and not (restored is not None and c == start_chunk) and (
-                    (c > 0 and c % every_chunks == 0) or c == n_chunks - 1):
+            if ckpt is not None and _save_due(c, every_chunks, n_chunks, resumed_at):
                 stale_after = _drop_stale(ckpt, stale_after)
                 ckpt.save(c, state, driver(c))
-            t_c = time.perf_counter()
-            state, metrics = chunk_c(state, hparams, jnp.int32(c * L))
-            metrics = to_host(metrics)
-            dt = time.perf_counter() - t_c
-            if c == _inject_nan_at_chunk:
-                state, metrics = _inject_nan(cfg, state, metrics, c * L, _inject_nan_into)
-            _check_finite(cfg, state, metrics, c, names, ckpt, log_fn)
-            n_train_iters = max(0, min(n_iters, (c + 1) * L) - c * L)
-            sps = n_train_iters * E / dt if dt > 0 else float("nan")
-            new_rows = chunk_rows(cfg, members, metrics, c * L, sps, prev_train)
+            inject = _inject_nan_into if c == _inject_nan_at_chunk else None
+            state, new_rows, sps = _run_chunk(cfg, chunk_c, state, hparams, c, members, names, prev_train,
+                                              ckpt, log_fn, inject)
             rows.extend(new_rows)
             if writer:
                 writer.write_rows(new_rows)
@@ -435,12 +395,8 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
         if ckpt is not None and every_chunks and start_chunk < n_chunks:
             ckpt.save(n_chunks, state, driver(n_chunks, final=True))
         steps_run = (n_iters - min(start_chunk * L, n_iters)) * E
-        summary = runlog.summarize(rows, seeds, members)
-        summary.update(compile_s=t_compile, prefill_s=t_prefill, train_s=t_total,
-                       env_steps_per_s=steps_run / t_total if t_total > 0 and steps_run else float("nan"),
-                       n_seeds=len(seeds), n_members=len(members))
-        if restored is not None:
-            summary["resumed_from_env_steps"] = restored.driver["env_steps"]
+        summary = _summary(rows, seeds, members, restored, steps_run,
+                           compile_s=t_compile, prefill_s=t_prefill, train_s=t_total)
         if writer:
             writer.finish(summary)
         return state, rows, summary
@@ -449,6 +405,103 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             writer.close()
         if ckpt is not None:
             ckpt.close()
+
+
+def _check_logdir(cfg: Config, seeds, logdir, resume: bool, checkpoint_every):
+    """run's checks of its arguments against what `logdir` holds, before anything is written.
+
+    Raises:
+      ValueError: checkpoints or resume without a logdir, checkpoint_every <= 0, or a resume
+        of a logdir without a run or with one that cannot continue as (cfg, seeds).
+      FileExistsError: a new run into a logdir that holds metrics or checkpoints.
+    """
+    if (resume or checkpoint_every is not None) and not logdir:
+        raise ValueError("checkpoints and resume need a logdir")
+    if checkpoint_every is not None and checkpoint_every <= 0:
+        raise ValueError(f"checkpoint_every={checkpoint_every} must be positive")
+    if resume:
+        if not os.path.exists(os.path.join(logdir, "config.json")):
+            raise ValueError(f"cannot resume: {logdir} holds no run (no config.json)")
+        why = resume_mismatch(*runlog.read_config(logdir), cfg, seeds)
+        if why:
+            raise ValueError(f"cannot resume the run in {logdir}: {why}")
+    elif logdir:
+        if os.path.exists(os.path.join(logdir, "metrics.jsonl")):
+            raise FileExistsError(f"{logdir} already holds a run (metrics.jsonl); resume it or use a new logdir")
+        ck_dir = os.path.join(logdir, "checkpoints")
+        if os.path.isdir(ck_dir) and os.listdir(ck_dir):
+            raise FileExistsError(f"{ck_dir} already holds checkpoints; resume the run or use a new logdir")
+
+
+def _completed_run(restored, logdir: str, seeds, members, ckpt, log_fn):
+    """run's return for a resume of a run that already finished with the same budget: its
+    final state, its rows and its summary (re-made from the rows if summary.json is lost)."""
+    log_fn(f"resume: the run in {logdir} is already complete")
+    ckpt.close()
+    rows = runlog.read_rows(logdir)[:restored.driver["rows"]]
+    try:
+        with open(os.path.join(logdir, "summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        summary = runlog.summarize(rows, seeds, members)
+    return restored.state, rows, summary
+
+
+def _fresh_state(compiled: _Compiled, keys, hparams):
+    """(the members' state after init and prefill, init's compile seconds, prefill seconds)."""
+    t0 = time.perf_counter()
+    init_c = compiled.init()
+    t_compile = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state = jax.block_until_ready(init_c(keys, hparams))
+    return state, t_compile, time.perf_counter() - t0
+
+
+def _save_due(c: int, every_chunks, n_chunks: int, resumed_at=None) -> bool:
+    """Whether the state before chunk c is checkpointed: every `every_chunks` chunks (None:
+    never) and always before the last chunk, but not the state a resume started from
+    (chunk `resumed_at`), which is already saved."""
+    if not every_chunks or c == resumed_at:
+        return False
+    return (c > 0 and c % every_chunks == 0) or c == n_chunks - 1
+
+
+def _summary(rows, seeds, members, restored, steps_run: int, *, compile_s, prefill_s, train_s) -> dict:
+    """summary.json of a finished run: runlog.summarize's curve statistics and the run's
+    times (s), its training rate (env steps/s over the chunks run) and sizes."""
+    summary = runlog.summarize(rows, seeds, members)
+    summary.update(compile_s=compile_s, prefill_s=prefill_s, train_s=train_s,
+                   env_steps_per_s=steps_run / train_s if train_s > 0 and steps_run else float("nan"),
+                   n_seeds=len(seeds), n_members=len(members))
+    if restored is not None:
+        summary["resumed_from_env_steps"] = restored.driver["env_steps"]
+    return summary
+
+
+def _driver_state(cfg: Config, seeds, c: int, final: bool, n_rows: int, prev_train: list) -> dict:
+    """The loop's Python state saved with checkpoint step c (see the module docstring)."""
+    L, E = cfg.iters_per_chunk, cfg.env_steps_per_iter
+    return {"step": c, "next_chunk": c, "final": final, "rows": n_rows,
+            "prev_train": prev_train, "env_steps": min(c * L, cfg.n_iters) * E, "n_iters": cfg.n_iters,
+            "iters_per_chunk": L, "seeds": seeds, "config": cfg.to_dict()}
+
+
+def _run_chunk(cfg: Config, chunk_c, state, hparams, c: int, members, names, prev_train, ckpt, log_fn,
+               inject_nan_into=None):
+    """Runs chunk c, checks it is finite (NonFiniteError otherwise) -> (state, its metrics.jsonl
+    rows, env steps/s). prev_train is updated in place (chunk_rows). inject_nan_into: test
+    hook (_inject_nan)."""
+    L, E = cfg.iters_per_chunk, cfg.env_steps_per_iter
+    t_c = time.perf_counter()
+    state, metrics = chunk_c(state, hparams, jnp.int32(c * L))
+    metrics = to_host(metrics)
+    dt = time.perf_counter() - t_c
+    if inject_nan_into is not None:
+        state, metrics = _inject_nan(cfg, state, metrics, c * L, inject_nan_into)
+    _check_finite(cfg, state, metrics, c, names, ckpt, log_fn)
+    n_train_iters = max(0, min(cfg.n_iters, (c + 1) * L) - c * L)
+    sps = n_train_iters * E / dt if dt > 0 else float("nan")
+    return state, chunk_rows(cfg, members, metrics, c * L, sps, prev_train), sps
 
 
 def _restore(cfg: Config, seeds, names, logdir: str, ckpt, abstract, log_fn):

@@ -129,237 +129,306 @@ def make_run_chunk(cfg: Config, eval_phase, train_iteration, eval_reads=lambda s
     return run_chunk
 
 
-def make_train(cfg: Config) -> Program:
+class Setup(NamedTuple):
+    """What every phase of a run reads and never changes (built once by `make_setup`): the
+    config, the environment, the networks, the diffusion schedules and the optimisers."""
+    cfg: Config
+    env: object  # brax Env
+    mods: Modules
+    sched: diffusion.Schedule  # the T-step training chain
+    sample_sched: diffusion.Schedule  # imagination's chain (respaced to cfg.n_sampling_steps)
+    sample_timesteps: jax.Array  # int32 [K], the T-chain step each sampling step stands for
+    denoiser_tx: optax.GradientTransformation
+    reward_tx: optax.GradientTransformation
+    nets: a2c.Nets
+    env_step: callable  # (EnvCarry, actions [n_envs, A]) -> (EnvCarry, Transition)
+    obs_dim: int
+    act_dim: int
+    phys_dim: int  # size of the stored physics state; 0 when the replay keeps none
+
+
+def make_setup(cfg: Config) -> Setup:
+    """The Setup of cfg (cfg's SWEEPABLE values may be traced: Config.with_hparams)."""
     env = envs.make_env(cfg.task, cfg.backend)
     obs_dim, act_dim = envs.observation_size(env), env.action_size
     mods = make_modules(cfg, act_dim)
     sched = diffusion.cosine_schedule(cfg.n_diffusion_steps, cfg.tau)
-    sample_sched, sample_timesteps = diffusion.respace(sched, cfg.n_sampling_steps)  # imagination's chain
-    denoiser_tx = optax.adam(cfg.diffusion_lr)
-    reward_tx = optax.adam(cfg.diffusion_lr)
-    nets = a2c.Nets(mods.actor.apply, mods.critic.apply)
-    env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length)
+    sample_sched, sample_timesteps = diffusion.respace(sched, cfg.n_sampling_steps)
     one_env = jax.eval_shape(functools.partial(envs.reset, env), jax.random.PRNGKey(0)).state
     uses_physics = cfg.wm_error_batch > 0 or cfg.imagination == "oracle"  # else the replay keeps none
     phys_dim = jax.eval_shape(envs.physics_state, one_env).shape[0] if uses_physics else 0
+    return Setup(cfg, env, mods, sched, sample_sched, sample_timesteps,
+                 denoiser_tx=optax.adam(cfg.diffusion_lr), reward_tx=optax.adam(cfg.diffusion_lr),
+                 nets=a2c.Nets(mods.actor.apply, mods.critic.apply),
+                 env_step=functools.partial(envs.step_batch, env, episode_length=cfg.episode_length),
+                 obs_dim=obs_dim, act_dim=act_dim, phys_dim=phys_dim)
 
-    # ------------------------------------------------------------------ init + prefill
-    def init(key) -> TrainState:
-        k_env, k_a, k_c, k_d, k_r, k_pre, k_ag, key = jax.random.split(key, 8)
-        env_carry = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(k_env, cfg.n_envs))
-        o = jnp.zeros((1, obs_dim))
-        actor_p = mods.actor.init(k_a, o)
-        critic_p = mods.critic.init(k_c, o)
-        den_p = mods.denoiser.init(k_d, jnp.zeros((1, cfg.horizon, obs_dim + 2)),
-                                   jnp.zeros((1, cfg.horizon, act_dim)), jnp.zeros((1,), jnp.int32))
-        rew_p = mods.reward_model.init(k_r, o, jnp.zeros((1, act_dim)))
-        state = TrainState(
-            env=env_carry, episode_return=jnp.zeros((cfg.n_envs,)), last_return=jnp.float32(jnp.nan),
-            replay=rb.init(cfg.n_envs, cfg.capacity_per_env, obs_dim, act_dim, phys_dim),
-            norm=normalize.init(obs_dim, act_dim),
-            denoiser=den_p, denoiser_ema=den_p, denoiser_opt=denoiser_tx.init(den_p),
-            reward_model=rew_p, reward_opt=reward_tx.init(rew_p),
-            agent=init_agent(cfg, actor_p, critic_p, k_ag),
-            log_delta=jnp.log(jnp.float32(cfg.delta_init)),
-            diffusion_steps=jnp.zeros((), jnp.int32), key=key)
-        random_policy = lambda k, obs: jax.random.uniform(k, (cfg.n_envs, act_dim), minval=-1.0, maxval=1.0)
-        return collect(state, k_pre, random_policy, cfg.prefill_steps // cfg.n_envs)
 
-    # ------------------------------------------------------------------ real data
-    def collect(state: TrainState, key, policy, n_steps: int) -> TrainState:
-        def body(c, k):
-            env_carry, ep_ret, rep = c
-            action = policy(k, env_carry.state.obs)
-            physics = jax.vmap(envs.physics_state)(env_carry.state) if phys_dim else None
-            env_carry, tr = env_step(env_carry, action)
-            ended = (tr.terminal + tr.truncated) > 0
-            ep_ret = ep_ret + tr.reward
-            finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())
-            return (env_carry, jnp.where(ended, 0.0, ep_ret), rb.add(rep, tr, physics)), (tr, finished)
+def make_train(cfg: Config) -> Program:
+    """The program of one run of cfg: init (`init_state`), run_chunk (`make_run_chunk` over
+    `evaluate` and `train_iteration`) and the phases of one iteration (`collect_phase`, ...),
+    each a function below with the run's Setup bound."""
+    setup = make_setup(cfg)
+    bind = lambda f: functools.partial(f, setup)
+    run_chunk = make_run_chunk(cfg, bind(evaluate), bind(train_iteration), bind(eval_reads))
+    phases = {"collect": bind(collect_phase), "diffusion": bind(diffusion_phase), "agent": bind(agent_phase),
+              "eval": bind(eval_phase), "imagine": bind(imagine), "wm_error": bind(wm_error_phase)}
+    return Program(bind(init_state), run_chunk, cfg, setup.obs_dim, setup.act_dim, phases)
 
-        init_c = (state.env, state.episode_return, state.replay)
-        (env_carry, ep_ret, rep), (trs, (ret_sum, n_done)) = jax.lax.scan(
-            body, init_c, jax.random.split(key, n_steps))
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        norm = normalize.update(state.norm, flat(trs.obs), flat(trs.action), flat(trs.reward))
-        n = n_done.sum()
-        last = jnp.where(n > 0, ret_sum.sum() / jnp.maximum(n, 1), state.last_return)
-        return state.replace(env=env_carry, episode_return=ep_ret, replay=rep, norm=norm, last_return=last)
 
-    def policy_sample(actor_params):
-        def policy(k, obs):
-            mu, sigma = mods.actor.apply(actor_params, obs)
-            return policy_dist(mu, sigma).sample(seed=k)
-        return policy
+# ---------------------------------------------------------------------- init + prefill
+def init_state(setup: Setup, key) -> TrainState:
+    """A new run's state after the random prefill (cfg.prefill_steps uniform actions)."""
+    cfg, mods, obs_dim, act_dim = setup.cfg, setup.mods, setup.obs_dim, setup.act_dim
+    k_env, k_a, k_c, k_d, k_r, k_pre, k_ag, key = jax.random.split(key, 8)
+    env_carry = jax.vmap(functools.partial(envs.reset, setup.env))(jax.random.split(k_env, cfg.n_envs))
+    o = jnp.zeros((1, obs_dim))
+    actor_p = mods.actor.init(k_a, o)
+    critic_p = mods.critic.init(k_c, o)
+    den_p = mods.denoiser.init(k_d, jnp.zeros((1, cfg.horizon, obs_dim + 2)),
+                               jnp.zeros((1, cfg.horizon, act_dim)), jnp.zeros((1,), jnp.int32))
+    rew_p = mods.reward_model.init(k_r, o, jnp.zeros((1, act_dim)))
+    state = TrainState(
+        env=env_carry, episode_return=jnp.zeros((cfg.n_envs,)), last_return=jnp.float32(jnp.nan),
+        replay=rb.init(cfg.n_envs, cfg.capacity_per_env, obs_dim, act_dim, setup.phys_dim),
+        norm=normalize.init(obs_dim, act_dim),
+        denoiser=den_p, denoiser_ema=den_p, denoiser_opt=setup.denoiser_tx.init(den_p),
+        reward_model=rew_p, reward_opt=setup.reward_tx.init(rew_p),
+        agent=init_agent(cfg, actor_p, critic_p, k_ag),
+        log_delta=jnp.log(jnp.float32(cfg.delta_init)),
+        diffusion_steps=jnp.zeros((), jnp.int32), key=key)
+    random_policy = lambda k, obs: jax.random.uniform(k, (cfg.n_envs, act_dim), minval=-1.0, maxval=1.0)
+    return collect(setup, state, k_pre, random_policy, cfg.prefill_steps // cfg.n_envs)
 
-    def policy_mean(actor_params):
-        return lambda obs: mods.actor.apply(actor_params, obs)[0]
 
-    # ------------------------------------------------------------------ world model
-    def diffusion_update(state: TrainState, key):
-        k_w, k_loss = jax.random.split(key)
-        w = rb.sample_windows(state.replay, k_w, cfg.diffusion_batch, cfg.horizon)
-        x0 = normalize.pack(state.norm, w.obs, w.reward, w.terminal)
-        actions = state.norm.action.normalize(w.action)
+# ---------------------------------------------------------------------- real data
+def collect(setup: Setup, state: TrainState, key, policy, n_steps: int) -> TrainState:
+    """n_steps steps of the n_envs environments with policy(key, obs [n_envs, obs_dim]) ->
+    actions, into the replay and the normaliser."""
+    def body(c, k):
+        env_carry, ep_ret, rep = c
+        action = policy(k, env_carry.state.obs)
+        physics = jax.vmap(envs.physics_state)(env_carry.state) if setup.phys_dim else None
+        env_carry, tr = setup.env_step(env_carry, action)
+        ended = (tr.terminal + tr.truncated) > 0
+        ep_ret = ep_ret + tr.reward
+        finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())
+        return (env_carry, jnp.where(ended, 0.0, ep_ret), rb.add(rep, tr, physics)), (tr, finished)
 
-        def loss_fn(p):
-            denoise = lambda x, a, t: mods.denoiser.apply(p, x, a, t)
-            return diffusion.x0_loss(denoise, sched, x0, actions, k_loss, obs_dim, cfg.scale_action_input)
+    init_c = (state.env, state.episode_return, state.replay)
+    (env_carry, ep_ret, rep), (trs, (ret_sum, n_done)) = jax.lax.scan(
+        body, init_c, jax.random.split(key, n_steps))
+    flat = lambda x: x.reshape((-1,) + x.shape[2:])
+    norm = normalize.update(state.norm, flat(trs.obs), flat(trs.action), flat(trs.reward))
+    n = n_done.sum()
+    last = jnp.where(n > 0, ret_sum.sum() / jnp.maximum(n, 1), state.last_return)
+    return state.replace(env=env_carry, episode_return=ep_ret, replay=rep, norm=norm, last_return=last)
 
-        loss, grad = jax.value_and_grad(loss_fn)(state.denoiser)
-        upd, opt = denoiser_tx.update(grad, state.denoiser_opt, state.denoiser)
-        params = optax.apply_updates(state.denoiser, upd)
-        step = state.diffusion_steps + 1
-        ema = ema_update(state.denoiser_ema, params, step)
-        state = state.replace(denoiser=params, denoiser_ema=ema, denoiser_opt=opt, diffusion_steps=step)
-        r_loss = jnp.float32(jnp.nan)
-        if cfg.guide == "reward":  # static: the reward model exists only for the reward guide
-            state, r_loss = reward_model_update(state, w)
-        return state, (loss, r_loss)
 
-    def ema_update(ema, params, step):
-        before_start = step < cfg.ema_start
-        do = (step % cfg.ema_every) == 0
-        mixed = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
-        return jax.tree.map(lambda p, e, m: jnp.where(before_start, p, jnp.where(do, m, e)), params, ema, mixed)
+def policy_sample(setup: Setup, actor_params):
+    def policy(k, obs):
+        mu, sigma = setup.mods.actor.apply(actor_params, obs)
+        return policy_dist(mu, sigma).sample(seed=k)
+    return policy
 
-    def reward_model_update(state: TrainState, w):
-        def loss_fn(p):
-            return ((mods.reward_model.apply(p, w.obs, w.action) - w.reward) ** 2 * (1 - w.terminal)).mean()
-        loss, grad = jax.value_and_grad(loss_fn)(state.reward_model)
-        upd, opt = reward_tx.update(grad, state.reward_opt, state.reward_model)
-        return state.replace(reward_model=optax.apply_updates(state.reward_model, upd), reward_opt=opt), loss
 
-    # ------------------------------------------------------------------ imagination + agent
-    def diffusion_imagine(state: TrainState, key, s0):
-        """Guided reverse sampling from start states s0 [B, obs_dim] (raw) -> Imagined."""
-        ag = state.agent
-        fns = SamplerFns(
-            denoise=lambda x, a, t: mods.denoiser.apply(state.denoiser_ema, x, a, t),
-            actor=lambda o: mods.guide_actor.apply(ag.actor, o),
-            value=lambda o: mods.guide_critic.apply(ag.critic, o),
-            reward=lambda o, a: mods.guide_reward_model.apply(state.reward_model, o, a))
-        return sample(fns, sample_sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
-                      guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=act_dim,
-                      clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
-                      clamp_value=cfg.clamp_value, horizon=cfg.horizon,
-                      action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
-                      scale_actions=cfg.scale_action_input, timesteps=sample_timesteps)
+def policy_mean(setup: Setup, actor_params):
+    return lambda obs: setup.mods.actor.apply(actor_params, obs)[0]
 
-    def oracle_imagine(state: TrainState, key, s0, physics):
-        """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the
-        real simulator from the replayed start states, in place of diffusion samples."""
-        template = jax.tree.map(lambda x: x[0], state.env.state)
-        actor = lambda o: mods.actor.apply(state.agent.actor, o)
-        policy = lambda k, o: policy_dist(*actor(o)).sample(seed=k)
-        obs, action, reward, term = envs.rollout(env, template, physics, s0, policy,
-                                                 jax.random.split(key, cfg.horizon - 1))
-        mu, sigma = actor(obs)
-        pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)  # row H-1 is never trained on
-        return Imagined(obs, jnp.concatenate([action, mu[:, -1:]], 1), pad(reward), pad(term), mu, sigma,
-                        jnp.float32(0.0))
 
-    def imagine(state: TrainState, key):
-        k_s, k_sample = jax.random.split(key)
-        s0, physics = rb.sample_starts(state.replay, k_s, cfg.agent_batch)
-        if cfg.imagination == "oracle":
-            return oracle_imagine(state, k_sample, s0, physics)
-        return diffusion_imagine(state, k_sample, s0)
+# ---------------------------------------------------------------------- world model
+def diffusion_update(setup: Setup, state: TrainState, key):
+    """One denoiser update (x0 loss, DESIGN §3) on a batch of replay windows, its EMA, and the
+    reward model's update when the guide needs it -> (state, (loss, reward-model loss))."""
+    cfg, mods = setup.cfg, setup.mods
+    k_w, k_loss = jax.random.split(key)
+    w = rb.sample_windows(state.replay, k_w, cfg.diffusion_batch, cfg.horizon)
+    x0 = normalize.pack(state.norm, w.obs, w.reward, w.terminal)
+    actions = state.norm.action.normalize(w.action)
 
-    def wm_error_phase(state: TrainState, key):
-        """World-model error against the simulator (agdjax/wm_error.py) on cfg.wm_error_batch
-        replayed start states, with the run's sampler and guide."""
-        k_s, k_im = jax.random.split(key)
-        return wm_error_from(state, k_im, rb.sample_starts(state.replay, k_s, cfg.wm_error_batch))
+    def loss_fn(p):
+        denoise = lambda x, a, t: mods.denoiser.apply(p, x, a, t)
+        return diffusion.x0_loss(denoise, setup.sched, x0, actions, k_loss, setup.obs_dim, cfg.scale_action_input)
 
-    def wm_error_from(state: TrainState, key, starts):
-        """wm_error_phase from given start states: (obs [B, obs_dim], physics [B, n_phys])."""
-        s0, physics = starts
-        im = diffusion_imagine(state, key, s0)
-        template = jax.tree.map(lambda x: x[0], state.env.state)
-        actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A], replayed open-loop
-        sim_obs, _, sim_reward, sim_term = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
-        value = lambda o: mods.critic.apply(state.agent.critic, o)
-        corr = advantage_corr(value, cfg.gamma, im.obs, im.reward[:, :-1], im.terminal, sim_obs, sim_reward, sim_term)
-        return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
-                    wm_advantage_corr=corr)
+    loss, grad = jax.value_and_grad(loss_fn)(state.denoiser)
+    upd, opt = setup.denoiser_tx.update(grad, state.denoiser_opt, state.denoiser)
+    params = optax.apply_updates(state.denoiser, upd)
+    step = state.diffusion_steps + 1
+    ema = ema_update(cfg, state.denoiser_ema, params, step)
+    state = state.replace(denoiser=params, denoiser_ema=ema, denoiser_opt=opt, diffusion_steps=step)
+    r_loss = jnp.float32(jnp.nan)
+    if cfg.guide == "reward":  # static: the reward model exists only for the reward guide
+        state, r_loss = reward_model_update(setup, state, w)
+    return state, (loss, r_loss)
 
-    def agent_update(state: TrainState, key):
-        im = imagine(state, key)
-        value = lambda o: mods.critic.apply(state.agent.critic, o)
-        adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
-        agent, m = LEARNERS[cfg.agent].update(cfg, nets, state.agent, im.obs, im.action, im.reward, im.terminal)
-        m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
-        z_std = action_z_std(im.action, im.policy_mean, im.policy_std)
-        log_delta = delta_update(state.log_delta, z_std, cfg.lr_delta)
-        m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta),
-                 policy_std=im.policy_std[:, :-1].mean(), guide_step_ratio=im.guide_step_ratio,
-                 action_z_std=z_std, policy_mean_abs=jnp.abs(im.policy_mean[:, :-1]).mean())
-        return state.replace(agent=agent, log_delta=log_delta), m
 
-    # ------------------------------------------------------------------ one iteration
-    def nan_metrics():
-        return {k: jnp.float32(jnp.nan) for k in METRICS}
+def ema_update(cfg: Config, ema, params, step):
+    """The denoiser's EMA after update `step`: the parameters before cfg.ema_start, then mixed
+    every cfg.ema_every updates with decay cfg.ema_decay."""
+    before_start = step < cfg.ema_start
+    do = (step % cfg.ema_every) == 0
+    mixed = optax.incremental_update(params, ema, 1.0 - cfg.ema_decay)
+    return jax.tree.map(lambda p, e, m: jnp.where(before_start, p, jnp.where(do, m, e)), params, ema, mixed)
 
-    def collect_phase(state: TrainState, key):
-        return collect(state, key, policy_sample(state.agent.actor), cfg.steps_per_iter)
 
-    def diffusion_phase(state: TrainState, key):
-        state, (d_loss, r_loss) = jax.lax.scan(
-            diffusion_update, state, jax.random.split(key, cfg.diffusion_updates_per_iter))
-        return state, {"diffusion_loss": d_loss.mean(), "reward_model_loss": r_loss.mean()}
+def reward_model_update(setup: Setup, state: TrainState, w):
+    def loss_fn(p):
+        return ((setup.mods.reward_model.apply(p, w.obs, w.action) - w.reward) ** 2 * (1 - w.terminal)).mean()
+    loss, grad = jax.value_and_grad(loss_fn)(state.reward_model)
+    upd, opt = setup.reward_tx.update(grad, state.reward_opt, state.reward_model)
+    return state.replace(reward_model=optax.apply_updates(state.reward_model, upd), reward_opt=opt), loss
 
-    def agent_phase(state: TrainState, key):
-        state, m = jax.lax.scan(agent_update, state, jax.random.split(key, cfg.agent_updates_per_iter))
-        return state, jax.tree.map(jnp.mean, m)
 
-    def eval_keys(key):
-        """(episodes, start states, imagination) keys of the evaluation at `key`: the last two
-        are wm_error_phase's split of the evaluation's second key."""
-        k_ev, k_wm = jax.random.split(key)
-        return (k_ev, *jax.random.split(k_wm))
+# ---------------------------------------------------------------------- imagination
+def diffusion_imagine(setup: Setup, state: TrainState, key, s0) -> Imagined:
+    """Guided reverse sampling from start states s0 [B, obs_dim] (raw) -> Imagined."""
+    cfg, mods, ag = setup.cfg, setup.mods, state.agent
+    fns = SamplerFns(
+        denoise=lambda x, a, t: mods.denoiser.apply(state.denoiser_ema, x, a, t),
+        actor=lambda o: mods.guide_actor.apply(ag.actor, o),
+        value=lambda o: mods.guide_critic.apply(ag.critic, o),
+        reward=lambda o, a: mods.guide_reward_model.apply(state.reward_model, o, a))
+    return sample(fns, setup.sample_sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
+                  guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=setup.act_dim,
+                  clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
+                  clamp_value=cfg.clamp_value, horizon=cfg.horizon,
+                  action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
+                  scale_actions=cfg.scale_action_input, timesteps=setup.sample_timesteps)
 
-    def eval_reads(state: TrainState, key):
-        """The evaluation's reads of the replay: the world-model error's start states (None
-        when it is off)."""
-        if cfg.wm_error_batch == 0:
-            return None
-        return rb.sample_starts(state.replay, eval_keys(key)[1], cfg.wm_error_batch)
 
-    def evaluate(state: TrainState, key, starts):
-        """{eval_return, and the WM_METRICS if starts is not None} of the evaluation at `key`;
-        starts: (obs [B, obs_dim], physics [B, n_phys]) from eval_reads(state, key), or None."""
-        k_ev, _, k_im = eval_keys(key)
-        m = {"eval_return": envs.evaluate(env, policy_mean(state.agent.actor), k_ev, cfg.eval_episodes,
-                                          cfg.episode_length)}
-        if starts is not None:
-            m.update({k: v for k, v in wm_error_from(state, k_im, starts).items() if k in WM_METRICS})
-        return m
+def oracle_imagine(setup: Setup, state: TrainState, key, s0, physics) -> Imagined:
+    """Diagnostic (`imagination='oracle'`): H-step rollouts of the current policy in the
+    real simulator from the replayed start states, in place of diffusion samples."""
+    template = jax.tree.map(lambda x: x[0], state.env.state)
+    actor = lambda o: setup.mods.actor.apply(state.agent.actor, o)
+    policy = lambda k, o: policy_dist(*actor(o)).sample(seed=k)
+    obs, action, reward, term = envs.rollout(setup.env, template, physics, s0, policy,
+                                             jax.random.split(key, setup.cfg.horizon - 1))
+    mu, sigma = actor(obs)
+    pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)  # row H-1 is never trained on
+    return Imagined(obs, jnp.concatenate([action, mu[:, -1:]], 1), pad(reward), pad(term), mu, sigma,
+                    jnp.float32(0.0))
 
-    def eval_phase(state: TrainState, key):
-        """The evaluation as run_chunk runs it, reads included (a phase for tools and tests)."""
-        return evaluate(state, key, eval_reads(state, key))
 
-    def train_iteration(state: TrainState, before):
-        key, k_col, k_dif, k_ag = jax.random.split(state.key, 4)
-        state = collect_phase(state.replace(key=key), k_col)
-        state, dm = diffusion_phase(state, k_dif)
-        m = nan_metrics()
-        m.update(dm, train_return=state.last_return)
+def imagine(setup: Setup, state: TrainState, key) -> Imagined:
+    """cfg.agent_batch imagined trajectories from replayed start states."""
+    k_s, k_sample = jax.random.split(key)
+    s0, physics = rb.sample_starts(state.replay, k_s, setup.cfg.agent_batch)
+    if setup.cfg.imagination == "oracle":
+        return oracle_imagine(setup, state, k_sample, s0, physics)
+    return diffusion_imagine(setup, state, k_sample, s0)
 
-        def skip_agent(s):
-            return s, {k: jnp.float32(jnp.nan) for k in _AGENT_METRICS}
 
-        if cfg.agent_updates_per_iter > 0:
-            state, am = jax.lax.cond(before >= cfg.agent_start_env_steps,
-                                     lambda s: agent_phase(s, k_ag), skip_agent, state)
-            m.update(am)
-        return state, m
+def wm_error_phase(setup: Setup, state: TrainState, key):
+    """World-model error against the simulator (agdjax/wm_error.py) on cfg.wm_error_batch
+    replayed start states, with the run's sampler and guide."""
+    k_s, k_im = jax.random.split(key)
+    return wm_error_from(setup, state, k_im, rb.sample_starts(state.replay, k_s, setup.cfg.wm_error_batch))
 
-    run_chunk = make_run_chunk(cfg, evaluate, train_iteration, eval_reads)
-    phases = {"collect": collect_phase, "diffusion": diffusion_phase, "agent": agent_phase,
-              "eval": eval_phase, "imagine": imagine, "wm_error": wm_error_phase}
-    return Program(init, run_chunk, cfg, obs_dim, act_dim, phases)
+
+def wm_error_from(setup: Setup, state: TrainState, key, starts):
+    """wm_error_phase from given start states: (obs [B, obs_dim], physics [B, n_phys])."""
+    s0, physics = starts
+    im = diffusion_imagine(setup, state, key, s0)
+    template = jax.tree.map(lambda x: x[0], state.env.state)
+    actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A], replayed open-loop
+    sim_obs, _, sim_reward, sim_term = envs.rollout(setup.env, template, physics, s0, lambda a, o: a, actions)
+    value = lambda o: setup.mods.critic.apply(state.agent.critic, o)
+    corr = advantage_corr(value, setup.cfg.gamma, im.obs, im.reward[:, :-1], im.terminal,
+                          sim_obs, sim_reward, sim_term)
+    return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
+                wm_advantage_corr=corr)
+
+
+# ---------------------------------------------------------------------- agent
+def agent_update(setup: Setup, state: TrainState, key):
+    """One learner update on a fresh imagined batch, and the delta rule -> (state, metrics)."""
+    cfg = setup.cfg
+    im = imagine(setup, state, key)
+    value = lambda o: setup.mods.critic.apply(state.agent.critic, o)
+    adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma).mean()
+    agent, m = LEARNERS[cfg.agent].update(cfg, setup.nets, state.agent, im.obs, im.action, im.reward, im.terminal)
+    m = {k: m.get(k, jnp.float32(jnp.nan)) for k in _AGENT_METRICS}  # same keys for every learner
+    z_std = action_z_std(im.action, im.policy_mean, im.policy_std)
+    log_delta = delta_update(state.log_delta, z_std, cfg.lr_delta)
+    m = dict(m, imagined_advantage=adv, action_guidance_scale=jnp.exp(state.log_delta),
+             policy_std=im.policy_std[:, :-1].mean(), guide_step_ratio=im.guide_step_ratio,
+             action_z_std=z_std, policy_mean_abs=jnp.abs(im.policy_mean[:, :-1]).mean())
+    return state.replace(agent=agent, log_delta=log_delta), m
+
+
+# ---------------------------------------------------------------------- one iteration
+def nan_metrics():
+    return {k: jnp.float32(jnp.nan) for k in METRICS}
+
+
+def collect_phase(setup: Setup, state: TrainState, key):
+    return collect(setup, state, key, policy_sample(setup, state.agent.actor), setup.cfg.steps_per_iter)
+
+
+def diffusion_phase(setup: Setup, state: TrainState, key):
+    state, (d_loss, r_loss) = jax.lax.scan(
+        functools.partial(diffusion_update, setup), state,
+        jax.random.split(key, setup.cfg.diffusion_updates_per_iter))
+    return state, {"diffusion_loss": d_loss.mean(), "reward_model_loss": r_loss.mean()}
+
+
+def agent_phase(setup: Setup, state: TrainState, key):
+    state, m = jax.lax.scan(functools.partial(agent_update, setup), state,
+                            jax.random.split(key, setup.cfg.agent_updates_per_iter))
+    return state, jax.tree.map(jnp.mean, m)
+
+
+def eval_keys(key):
+    """(episodes, start states, imagination) keys of the evaluation at `key`: the last two
+    are wm_error_phase's split of the evaluation's second key."""
+    k_ev, k_wm = jax.random.split(key)
+    return (k_ev, *jax.random.split(k_wm))
+
+
+def eval_reads(setup: Setup, state: TrainState, key):
+    """The evaluation's reads of the replay: the world-model error's start states (None
+    when it is off)."""
+    if setup.cfg.wm_error_batch == 0:
+        return None
+    return rb.sample_starts(state.replay, eval_keys(key)[1], setup.cfg.wm_error_batch)
+
+
+def evaluate(setup: Setup, state: TrainState, key, starts):
+    """{eval_return, and the WM_METRICS if starts is not None} of the evaluation at `key`;
+    starts: (obs [B, obs_dim], physics [B, n_phys]) from eval_reads(state, key), or None."""
+    cfg = setup.cfg
+    k_ev, _, k_im = eval_keys(key)
+    m = {"eval_return": envs.evaluate(setup.env, policy_mean(setup, state.agent.actor), k_ev,
+                                      cfg.eval_episodes, cfg.episode_length)}
+    if starts is not None:
+        m.update({k: v for k, v in wm_error_from(setup, state, k_im, starts).items() if k in WM_METRICS})
+    return m
+
+
+def eval_phase(setup: Setup, state: TrainState, key):
+    """The evaluation as run_chunk runs it, reads included (a phase for tools and tests)."""
+    return evaluate(setup, state, key, eval_reads(setup, state, key))
+
+
+def train_iteration(setup: Setup, state: TrainState, before):
+    """One iteration's training (collect, diffusion updates, agent updates once `before`, the
+    env steps done before it, reaches cfg.agent_start_env_steps) -> (state, METRICS)."""
+    cfg = setup.cfg
+    key, k_col, k_dif, k_ag = jax.random.split(state.key, 4)
+    state = collect_phase(setup, state.replace(key=key), k_col)
+    state, dm = diffusion_phase(setup, state, k_dif)
+    m = nan_metrics()
+    m.update(dm, train_return=state.last_return)
+
+    def skip_agent(s):
+        return s, {k: jnp.float32(jnp.nan) for k in _AGENT_METRICS}
+
+    if cfg.agent_updates_per_iter > 0:
+        state, am = jax.lax.cond(before >= cfg.agent_start_env_steps,
+                                 lambda s: agent_phase(setup, s, k_ag), skip_agent, state)
+        m.update(am)
+    return state, m
 
 
 _AGENT_METRICS = ("actor_loss", "critic_loss", "logprob_change", "actor_lr", "kl", "imagined_advantage",

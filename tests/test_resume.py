@@ -371,3 +371,15 @@ def test_cli_resume_continues_with_the_runs_flags(full_run, tmp_path):
     assert "preset=smoke" in p.stdout and "backend=positional" in p.stdout and "guide=sag" in p.stdout
     assert "(resume)" in p.stdout and "from checkpoint step 2" in p.stdout
     assert metric_lines(run) == metric_lines(d_full)
+
+
+def test_save_due_schedule():
+    """Known answers of the checkpoint schedule (loop._save_due): every `every_chunks` chunks
+    after the first, always before the last chunk, never with checkpoints off, and not the
+    state a resume started from."""
+    due = lambda every, n, resumed_at=None: [c for c in range(n) if loop._save_due(c, every, n, resumed_at)]
+    assert due(2, 6) == [2, 4, 5]
+    assert due(1, 3) == [1, 2]
+    assert due(None, 6) == []
+    assert due(2, 6, resumed_at=4) == [2, 5]  # the loop starts at 4: 4 is the checkpoint it restored
+    assert due(10, 6) == [5]
