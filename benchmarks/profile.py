@@ -34,7 +34,7 @@ def _measure(parts: dict, args, repeats: int, peak: float, inside=()) -> dict:
     """{part: {s, share, gflop_per_s, fraction_of_peak}} of the functions in `parts` (each
     called as fn(*args)); "whole" is the unsplit computation; the parts named in `inside` are
     contained in another part and left out of "rest" = whole - sum of the others."""
-    from benchmarks.throughput import flops_of, timed
+    from benchmarks.timing import flops_of, timed
     out = {}
     for name, fn in parts.items():
         _, s, compiled = timed(fn, *args, repeats=repeats)
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
     import jax
     import jax.numpy as jnp
     from agdjax.config import make_config
-    from benchmarks.throughput import matmul_peak
+    from benchmarks.timing import matmul_peak
 
     res = {"device": jax.devices()[0].device_kind, "platform": jax.default_backend(), "preset": a.preset,
            "task": a.task, "guide": a.guide, "date": time.strftime("%Y-%m-%d"), "load_average": os.getloadavg()}

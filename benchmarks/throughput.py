@@ -29,6 +29,7 @@ from agdjax import diffusion, envs, loop
 from agdjax.config import GUIDES, make_config
 from agdjax.train import make_modules
 from benchmarks.cli import write_json, write_result
+from benchmarks.timing import flops_of, matmul_peak, timed
 
 flags.DEFINE_bool("quick", False, "small sizes: a CPU check in a few minutes")
 flags.DEFINE_string("task", "halfcheetah", "task")
@@ -58,29 +59,6 @@ def _count_compiles(event, duration, **kwargs):
 jax.monitoring.register_event_duration_secs_listener(_count_compiles)
 
 
-def timed(fn, *args, repeats=3):
-    """(compile_s, best run_s, compiled) of jit(fn)(*args)."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        best = min(best, time.perf_counter() - t0)
-    return compile_s, best, compiled
-
-
-def flops_of(compiled):
-    try:
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", float("nan")))
-    except Exception:  # cost analysis is best effort on some backends
-        return float("nan")
-
-
 def denoiser_flops(cfg, prog, state):
     """(FLOPs of one denoiser forward at batch agent_batch, FLOPs of one x0-loss gradient at
     batch diffusion_batch), from XLA's cost analysis of the unscanned computations."""
@@ -102,14 +80,6 @@ def denoiser_flops(cfg, prog, state):
     g = flops_of(jax.jit(grad).lower(params, jnp.zeros((bt, h, d)), jnp.zeros((bt, h, prog.act_dim)),
                                      jax.random.PRNGKey(0)).compile())
     return f, g
-
-
-def matmul_peak(dtype, n):
-    """FLOP/s of an n x n matmul with `dtype` operands and float32 accumulation (the way the
-    denoiser multiplies, see agdjax.networks.dot_accumulate_f32)."""
-    a = jnp.ones((n, n), dtype)
-    _, t, _ = timed(lambda x: jax.lax.dot(x, x, preferred_element_type=jnp.float32), a, repeats=5)
-    return 2 * n**3 / t
 
 
 def raw_env(cfg, n_envs_list, n_steps):

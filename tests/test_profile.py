@@ -1,5 +1,9 @@
 """benchmarks/profile.py: the part-by-part accounting (known answers on cheap functions) and
 its bad-input checks. The profile itself is a benchmark (docs/RESULTS.md), not a test."""
+import os
+import subprocess
+import sys
+
 import jax.numpy as jnp
 import pytest
 
@@ -39,3 +43,16 @@ def test_bad_input_one_line_exit_2(argv, says, capsys):
     assert profile.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
+
+
+def test_profile_runs_beside_an_entry_point_flags():
+    """The profile's timing helpers define no absl flags, so it runs in a process that has
+    already imported an entry point's (experiments.common defines --task, as
+    benchmarks.throughput does): one pytest worker runs both test files. A fresh process
+    makes the import order certain."""
+    code = ("import experiments.common, jax.numpy as jnp; from benchmarks import profile; "
+            "r = profile._measure({'whole': lambda x: x @ x}, (jnp.ones((8, 8)),), 1, 1e9); print(sorted(r))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "['rest', 'whole']"
