@@ -321,6 +321,8 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
       ValueError: resume without a run in logdir, or one that cannot continue as `cfg`.
       FileExistsError: a new run into a logdir that already holds one.
     """
+    if _inject_nan_at_chunk is not None and not _inject_nan_into:
+        raise ValueError("_inject_nan_at_chunk needs _inject_nan_into (a metric name or 'params')")
     seeds = list(seeds)
     members = run_members(cfg, seeds)  # every (swept values, seed) pair: one vmapped member each
     names = [member_name(m) for m in members]
@@ -379,7 +381,7 @@ def run(cfg: Config, seeds, logdir: str | None = None, progress: bool = True, lo
             if ckpt is not None and _save_due(c, every_chunks, n_chunks, resumed_at):
                 stale_after = _drop_stale(ckpt, stale_after)
                 ckpt.save(c, state, driver(c))
-            inject = _inject_nan_into if c == _inject_nan_at_chunk else None
+            inject = _inject_nan_into if c == _inject_nan_at_chunk else None  # test hook: a metric or "params"
             state, new_rows, sps = _run_chunk(cfg, chunk_c, state, hparams, c, members, names, prev_train,
                                               ckpt, log_fn, inject)
             rows.extend(new_rows)

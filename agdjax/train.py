@@ -204,7 +204,8 @@ def init_state(setup: Setup, key) -> TrainState:
 # ---------------------------------------------------------------------- real data
 def collect(setup: Setup, state: TrainState, key, policy, n_steps: int) -> TrainState:
     """n_steps steps of the n_envs environments with policy(key, obs [n_envs, obs_dim]) ->
-    actions, into the replay and the normaliser."""
+    actions [n_envs, act_dim], into the replay and the normaliser; also carries the running
+    episode returns and sets last_return (mean return of the episodes finished, else kept)."""
     def body(c, k):
         env_carry, ep_ret, rep = c
         action = policy(k, env_carry.state.obs)
@@ -226,6 +227,7 @@ def collect(setup: Setup, state: TrainState, key, policy, n_steps: int) -> Train
 
 
 def policy_sample(setup: Setup, actor_params):
+    """policy(key, obs [n, obs_dim]) -> actions [n, act_dim] sampled from the actor (unclipped)."""
     def policy(k, obs):
         mu, sigma = setup.mods.actor.apply(actor_params, obs)
         return policy_dist(mu, sigma).sample(seed=k)
@@ -233,12 +235,13 @@ def policy_sample(setup: Setup, actor_params):
 
 
 def policy_mean(setup: Setup, actor_params):
+    """policy(obs [n, obs_dim]) -> the actor's mean action [n, act_dim] (what evaluation runs)."""
     return lambda obs: setup.mods.actor.apply(actor_params, obs)[0]
 
 
 # ---------------------------------------------------------------------- world model
 def diffusion_update(setup: Setup, state: TrainState, key):
-    """One denoiser update (x0 loss, DESIGN §3) on a batch of replay windows, its EMA, and the
+    """One denoiser update (x0 loss, DESIGN §1 'Denoiser') on a batch of replay windows, its EMA, and the
     reward model's update when the guide needs it -> (state, (loss, reward-model loss))."""
     cfg, mods = setup.cfg, setup.mods
     k_w, k_loss = jax.random.split(key)
@@ -272,6 +275,9 @@ def ema_update(cfg: Config, ema, params, step):
 
 
 def reward_model_update(setup: Setup, state: TrainState, w):
+    """One Adam step of the reward model (the `reward` guide's) on replay windows w (obs
+    [B, H, obs_dim], action [B, H, act_dim], reward and terminal [B, H]): squared error of the
+    raw reward on non-terminal steps -> (state, loss)."""
     def loss_fn(p):
         return ((setup.mods.reward_model.apply(p, w.obs, w.action) - w.reward) ** 2 * (1 - w.terminal)).mean()
     loss, grad = jax.value_and_grad(loss_fn)(state.reward_model)
@@ -359,14 +365,18 @@ def agent_update(setup: Setup, state: TrainState, key):
 
 # ---------------------------------------------------------------------- one iteration
 def nan_metrics():
+    """{name: NaN} for every train metric: what an iteration logs for the parts it skips."""
     return {k: jnp.float32(jnp.nan) for k in METRICS}
 
 
 def collect_phase(setup: Setup, state: TrainState, key):
+    """(state, key) -> state after cfg.steps_per_iter steps of every env with the current policy."""
     return collect(setup, state, key, policy_sample(setup, state.agent.actor), setup.cfg.steps_per_iter)
 
 
 def diffusion_phase(setup: Setup, state: TrainState, key):
+    """(state, key) -> (state, {diffusion_loss, reward_model_loss}: means over the
+    cfg.diffusion_updates_per_iter updates)."""
     state, (d_loss, r_loss) = jax.lax.scan(
         functools.partial(diffusion_update, setup), state,
         jax.random.split(key, setup.cfg.diffusion_updates_per_iter))
@@ -374,6 +384,8 @@ def diffusion_phase(setup: Setup, state: TrainState, key):
 
 
 def agent_phase(setup: Setup, state: TrainState, key):
+    """(state, key) -> (state, the agent metrics: means over the cfg.agent_updates_per_iter
+    updates, each on a fresh imagined batch)."""
     state, m = jax.lax.scan(functools.partial(agent_update, setup), state,
                             jax.random.split(key, setup.cfg.agent_updates_per_iter))
     return state, jax.tree.map(jnp.mean, m)

@@ -377,9 +377,11 @@ def test_save_due_schedule():
     """Known answers of the checkpoint schedule (loop._save_due): every `every_chunks` chunks
     after the first, always before the last chunk, never with checkpoints off, and not the
     state a resume started from."""
-    due = lambda every, n, resumed_at=None: [c for c in range(n) if loop._save_due(c, every, n, resumed_at)]
+    def due(every, n, resumed_at=None):  # the chunks the loop runs: from the one a resume restored
+        return [c for c in range(resumed_at or 0, n) if loop._save_due(c, every, n, resumed_at)]
     assert due(2, 6) == [2, 4, 5]
     assert due(1, 3) == [1, 2]
     assert due(None, 6) == []
-    assert due(2, 6, resumed_at=4) == [2, 5]  # the loop starts at 4: 4 is the checkpoint it restored
+    assert due(2, 6, resumed_at=4) == [5]  # 4 is the checkpoint the resume restored
+    assert due(2, 6, resumed_at=2) == [4, 5]
     assert due(10, 6) == [5]
