@@ -210,6 +210,23 @@ def test_state_guide_gradient_matches_finite_differences(guide):
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 
 
+def test_eag_gradient_is_the_telescoped_value_gradient():
+    """eag's objective sum_k A_k telescopes: the rewards are held fixed and rows 0 and H-1 do
+    not move, so its G at row k (1 <= k <= H-2) is (gamma (1 - d_{k-1}) - 1) grad_s V(s_k),
+    i.e. -(1 - gamma) grad V on rows after a non-terminal step: 1% of the critic's gradient
+    at the presets' gamma = 0.99, and pointing to lower value. The AGD-MBRL reference's EAG
+    line (`advantage.sum()`, polygrad/sampling/functions.py) takes the same objective."""
+    norm = real_norm()
+    s_hat, r_norm, term, a_raw = guide_inputs()
+    got = state_guide_gradient("eag", s_hat, r_norm, term, a_raw, norm.obs, norm.reward,
+                               critic, reward_model, GAMMA)
+    grad_v = jax.grad(lambda s: critic(norm.obs.unnormalize(s)).sum())(s_hat)  # per row: grad V(s_k)
+    d = (term > 0.5).astype(jnp.float32)
+    want = (GAMMA * (1.0 - d[:, :-2]) - 1.0)[..., None] * grad_v[:, 1:-1]
+    assert np.abs(np.asarray(want)).max() > 0.1  # not vacuous
+    np.testing.assert_allclose(np.asarray(got[:, 1:-1]), np.asarray(want), rtol=1e-4, atol=1e-6)
+
+
 def test_policy_step_known_answer_state_dependent_actor():
     s_raw, _, _, a_raw = guide_inputs(key=2)
     a_raw = a_raw.at[0, 0].set(jnp.array([5.0, -5.0]))  # beyond mu ± 3 sigma: clipped
