@@ -21,7 +21,7 @@ from agdjax.config import Config
 from agdjax.guidance import action_z_std, delta_update, one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
 from agdjax.sampler import Imagined, SamplerFns, sample
-from agdjax.wm_error import WM_METRICS, advantage_corr, trajectory_errors
+from agdjax.wm_error import WM_METRICS, action_cost_ratio, advantage_corr, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
@@ -343,7 +343,9 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
     corr = advantage_corr(value, setup.cfg.gamma, im.obs, im.reward[:, :-1], im.terminal,
                           sim_obs, sim_reward, sim_term)
     return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
-                wm_advantage_corr=corr)
+                wm_advantage_corr=corr,
+                wm_action_cost_ratio=action_cost_ratio(im.action[:, :-1], im.reward[:, :-1], sim_reward,
+                                                       im.terminal, sim_term))
 
 
 # ---------------------------------------------------------------------- agent

@@ -6,13 +6,16 @@ the run's sampler (policy guidance plus the state guide), replay the imagined ac
 open-loop in the simulator from the same simulator state, and compare raw states and
 rewards. Inside the compiled program this runs with every evaluation (`train.make_train`,
 phase `wm_error`), logged as `wm_state_error_1`, `wm_state_error_last`, `wm_reward_error`,
-and `wm_advantage_corr` (`advantage_corr`: do imagined advantages agree with the true ones).
+`wm_advantage_corr` (`advantage_corr`: do imagined advantages agree with the true ones) and
+`wm_action_cost_ratio` (`action_cost_ratio`: does the imagined reward charge an action's size
+as the simulator does).
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
-WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error", "wm_advantage_corr")
+WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error", "wm_advantage_corr",
+              "wm_action_cost_ratio")
 
 
 def trajectory_errors(im_obs, im_reward, sim_obs, sim_reward, im_terminal=None):
@@ -78,6 +81,38 @@ def advantage_corr(value_fn, gamma: float, im_obs, im_reward, im_terminal, sim_o
     return jnp.where(ok, (c_im * c_sim).sum() / jnp.where(ok, denom, 1.0), jnp.nan)
 
 
+def action_cost_ratio(action, im_reward, sim_reward, im_terminal, sim_terminal):
+    """Does the imagined reward depend on the action's size as the simulator's does?
+
+    Least-squares slope of the imagined reward on the action cost c_k = -sum_j a_kj^2 of the
+    same transition, over the slope of the simulator's reward (the open-loop replay of the
+    same actions) on it: 1 when the world model charges large actions as the simulator does,
+    0 when an action's size leaves the imagined reward unchanged. The ratio needs no task
+    constant (HalfCheetah charges 0.1 c_k, Reacher 1.0 c_k). Both slopes also carry what c_k
+    shares with the rest of the reward (a larger action moves the body more), so read it as
+    a comparison of the two rewards' response to the same actions, not as the control-cost
+    weight itself.
+
+    action [B, H-1, act_dim] (the actions replayed, rows 0 … H-2), im_reward / sim_reward
+    [B, H-1], im_terminal [B, H], sim_terminal [B, H-1] (0/1): a transition counts while
+    neither trajectory has terminated before it. NaN when fewer than 3 transitions count or
+    the simulator's slope is not positive (its reward then does not charge the action).
+    Ours (no reference counterpart): docs/RESULTS.md, "Why the agent did not learn", point 3.
+    """
+    cost = -(action ** 2).sum(-1)  # [B, H-1]
+    ended = jnp.maximum(im_terminal[:, :-1], sim_terminal)
+    w = jnp.cumprod(jnp.concatenate([jnp.ones_like(ended[:, :1]), 1.0 - ended[:, :-1]], 1), axis=1)
+    w = jnp.where(jnp.isfinite(im_reward) & jnp.isfinite(sim_reward), w, 0.0)
+    n = w.sum()
+    centred = lambda x: jnp.where(w > 0, x - (jnp.where(w > 0, x, 0.0) * w).sum() / jnp.maximum(n, 1.0), 0.0)
+    c = centred(cost)
+    var = (w * c ** 2).sum()
+    slope = lambda r: (w * c * centred(r)).sum() / jnp.where(var > 0, var, 1.0)
+    s_im, s_sim = slope(im_reward), slope(sim_reward)
+    ok = (n >= 3) & (var > 0) & (s_sim > 0)
+    return jnp.where(ok, s_im / jnp.where(ok, s_sim, 1.0), jnp.nan)
+
+
 # ---------------------------------------------------------------------------- command line
 def _config_from_dict(d: dict):
     """A Config from a run's config.json (fields the current Config does not know are left out)."""
@@ -118,7 +153,7 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
     `run_dir`, from the same start states and noise (same PRNG key for every guide).
 
     Returns {guide: {metric: [per seed]}} with the metrics of `trajectory_errors`
-    (`wm_state_error` per step as a list) and `wm_advantage_corr`. The run's own guide keeps its scale; the others
+    (`wm_state_error` per step as a list), `wm_advantage_corr` and `wm_action_cost_ratio`. The run's own guide keeps its scale; the others
     use their defaults for the task. Raises FileNotFoundError / ValueError when the run has
     no config or no valid checkpoint.
     """
@@ -148,15 +183,15 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
 
 
 def _table(res) -> str:
-    lines = ["| guide | c | state error, step 1 | state error, last step | reward error | advantage corr |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| guide | c | state error, step 1 | state error, last step | reward error | advantage corr "
+             "| action-cost ratio |", "|---|---|---|---|---|---|---|"]
     for g, m in res.items():
         if g.startswith("_"):
             continue
         mean = lambda k: sum(m[k]) / len(m[k])
         lines.append(f"| {g} | {m['guide_scale']:g} | {mean('wm_state_error_1'):.4g} | "
                      f"{mean('wm_state_error_last'):.4g} | {mean('wm_reward_error'):.4g} | "
-                     f"{mean('wm_advantage_corr'):.3f} |")
+                     f"{mean('wm_advantage_corr'):.3f} | {mean('wm_action_cost_ratio'):.3f} |")
     return "\n".join(lines)
 
 

@@ -66,6 +66,40 @@ def test_advantage_corr_known_answers():
     assert corr(sim, nan_left_out, t) == pytest.approx(-1.0, abs=1e-5)
 
 
+def test_action_cost_ratio_known_answers():
+    """Slope of the imagined reward on c = -sum_j a_j^2 over the simulator's slope on it."""
+    B, H, A = 16, 4, 3
+    a = jax.random.normal(jax.random.PRNGKey(0), (B, H - 1, A))
+    c = -(a ** 2).sum(-1)
+    f = jax.random.normal(jax.random.PRNGKey(1), (B, H - 1))
+    f = f - f.mean() - ((f - f.mean()) * (c - c.mean())).sum() / ((c - c.mean()) ** 2).sum() * (c - c.mean())
+    sim = f + 0.1 * c  # HalfCheetah's control-cost weight
+    t, ts = jnp.zeros((B, H)), jnp.zeros((B, H - 1))
+    ratio = lambda r_im, r_sim=sim, t=t, ts=ts: float(wm_error.action_cost_ratio(a, r_im, r_sim, t, ts))
+    assert ratio(sim) == pytest.approx(1.0, abs=1e-5)  # charges the action as the simulator does
+    assert ratio(f) == pytest.approx(0.0, abs=1e-5)  # an action's size changes nothing
+    assert ratio(0.3 * f + 0.05 * c) == pytest.approx(0.5, abs=1e-5)
+    assert ratio(sim, 10.0 * sim) == pytest.approx(0.1, abs=1e-5)  # no task constant needed
+    # by hand, on rewards that are not orthogonal to c
+    r_im = jax.random.normal(jax.random.PRNGKey(2), (B, H - 1)) + 0.2 * c
+    r_sim = jax.random.normal(jax.random.PRNGKey(3), (B, H - 1)) + 0.3 * c
+    slope = lambda r, keep: np.polyfit(np.asarray(c)[keep], np.asarray(r)[keep], 1)[0]
+    every = np.ones((B, H - 1), bool)
+    assert ratio(r_im, r_sim) == pytest.approx(slope(r_im, every) / slope(r_sim, every), rel=1e-4)
+    # a transition counts while neither trajectory has terminated before it
+    keep = every.copy()
+    keep[0, 2:] = False  # imagined transition 1 of trajectory 0 terminated
+    keep[1, 1:] = False  # simulated transition 0 of trajectory 1 terminated
+    want = slope(r_im, keep) / slope(r_sim, keep)
+    far_im, far_sim = r_im.at[0, 2].set(1e6).at[1, 1].set(jnp.nan), r_sim.at[1, 2].set(-1e6)
+    assert ratio(far_im, far_sim, t.at[0, 1].set(1.0), ts.at[1, 0].set(1.0)) == pytest.approx(want, rel=1e-4)
+    # NaN where the simulator's reward does not charge the action, or nothing is left
+    assert math.isnan(ratio(f, f))
+    assert math.isnan(ratio(sim, -sim))
+    two = float(wm_error.action_cost_ratio(a[:2], sim[:2], sim[:2], t[:2].at[:, 0].set(1.0), ts[:2]))
+    assert math.isnan(two)  # 2 trajectories ended at transition 0: 2 transitions count
+
+
 @functools.lru_cache(maxsize=None)
 def _step_after_restores():
     """One MJX compile shared by the restore tests: after 5 steps of HalfCheetah, one more
@@ -139,7 +173,7 @@ def test_evaluations_log_the_world_model_error(smoke_oracle):
     assert len(at_eval) == 3
     for r in at_eval:
         for k in wm_error.WM_METRICS:
-            low = -1.0 if k == "wm_advantage_corr" else 0.0  # a correlation; the rest are squared errors
+            low = {"wm_advantage_corr": -1.0, "wm_action_cost_ratio": -math.inf}.get(k, 0.0)  # the rest: squared errors
             assert math.isfinite(r[k]) and r[k] >= low, (k, r)
         assert r["wm_advantage_corr"] <= 1.0
     assert not any("wm_state_error_1" in r for r in rows if "eval_return" not in r)
