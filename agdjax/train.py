@@ -21,7 +21,7 @@ from agdjax.config import Config
 from agdjax.guidance import action_z_std, delta_update, one_step_advantage
 from agdjax.networks import Actor, Critic, ResidualMLPDenoiser, RewardModel, policy_dist
 from agdjax.sampler import Imagined, SamplerFns, sample
-from agdjax.wm_error import WM_METRICS, action_cost_ratio, advantage_corr, trajectory_errors
+from agdjax.wm_error import WM_METRICS, action_cost_ratio, advantage_corr, guide_effect, trajectory_errors
 
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
@@ -286,16 +286,18 @@ def reward_model_update(setup: Setup, state: TrainState, w):
 
 
 # ---------------------------------------------------------------------- imagination
-def diffusion_imagine(setup: Setup, state: TrainState, key, s0) -> Imagined:
-    """Guided reverse sampling from start states s0 [B, obs_dim] (raw) -> Imagined."""
+def diffusion_imagine(setup: Setup, state: TrainState, key, s0, guide: str | None = None) -> Imagined:
+    """Guided reverse sampling from start states s0 [B, obs_dim] (raw) -> Imagined; `guide`
+    'none' drops the run's state guide (same noise for the same key), None keeps it."""
     cfg, mods, ag = setup.cfg, setup.mods, state.agent
+    guide, scale = (cfg.guide, cfg.c) if guide is None else (guide, 0.0)
     fns = SamplerFns(
         denoise=lambda x, a, t: mods.denoiser.apply(state.denoiser_ema, x, a, t),
         actor=lambda o: mods.guide_actor.apply(ag.actor, o),
         value=lambda o: mods.guide_critic.apply(ag.critic, o),
         reward=lambda o, a: mods.guide_reward_model.apply(state.reward_model, o, a))
     return sample(fns, setup.sample_sched, state.norm, s0, key, delta=jnp.exp(state.log_delta),
-                  guide=cfg.guide, guide_scale=cfg.c, gamma=cfg.gamma, act_dim=setup.act_dim,
+                  guide=guide, guide_scale=scale, gamma=cfg.gamma, act_dim=setup.act_dim,
                   clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                   clamp_value=cfg.clamp_value, horizon=cfg.horizon,
                   action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
@@ -342,8 +344,14 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
     value = lambda o: setup.mods.critic.apply(state.agent.critic, o)
     corr = advantage_corr(value, setup.cfg.gamma, im.obs, im.reward[:, :-1], im.terminal,
                           sim_obs, sim_reward, sim_term)
+    if setup.cfg.guide == "none":
+        effect = {"guide_state_shift": jnp.float32(0.0), "guide_advantage_gain": jnp.float32(0.0)}
+    else:  # the same start states and noise without the state guide
+        base = diffusion_imagine(setup, state, key, s0, guide="none")
+        effect = guide_effect(state.norm.obs.normalize, value, setup.cfg.gamma, im.obs, im.reward[:, :-1],
+                              im.terminal, base.obs, base.reward[:, :-1], base.terminal)
     return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
-                wm_advantage_corr=corr,
+                wm_advantage_corr=corr, **effect,
                 wm_action_cost_ratio=action_cost_ratio(im.action[:, :-1], im.reward[:, :-1], sim_reward,
                                                        im.terminal, sim_term))
 

@@ -8,14 +8,16 @@ rewards. Inside the compiled program this runs with every evaluation (`train.mak
 phase `wm_error`), logged as `wm_state_error_1`, `wm_state_error_last`, `wm_reward_error`,
 `wm_advantage_corr` (`advantage_corr`: do imagined advantages agree with the true ones) and
 `wm_action_cost_ratio` (`action_cost_ratio`: does the imagined reward charge an action's size
-as the simulator does).
+as the simulator does). With them, `guide_state_shift` and `guide_advantage_gain`
+(`guide_effect`: what the state guide changes in the trajectories, against the same sampler
+without it).
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error", "wm_advantage_corr",
-              "wm_action_cost_ratio")
+              "wm_action_cost_ratio", "guide_state_shift", "guide_advantage_gain")
 
 
 def trajectory_errors(im_obs, im_reward, sim_obs, sim_reward, im_terminal=None):
@@ -113,6 +115,31 @@ def action_cost_ratio(action, im_reward, sim_reward, im_terminal, sim_terminal):
     return jnp.where(ok, s_im / jnp.where(ok, s_sim, 1.0), jnp.nan)
 
 
+def guide_effect(normalize_obs, value_fn, gamma: float, obs, reward, terminal, base_obs, base_reward, base_terminal):
+    """What the state guide changes: the run's guided trajectories against unguided ones
+    from the same start states and noise (the same sampler with guide none).
+
+    obs / base_obs [B, H, obs_dim] raw, reward / base_reward [B, H-1], terminal /
+    base_terminal [B, H] (0/1); normalize_obs maps raw states to the world model's units
+    (per-dimension mean 0, std 1 over the replay); value_fn raw obs [..., obs_dim] -> [...].
+    Returns {'guide_state_shift': RMS over trajectories, rows 1 … H-1 and dimensions of the
+    change of the states in normalised units (0.1 is a tenth of a state's spread),
+    'guide_advantage_gain': mean over rows 0 … H-2 of the one-step advantage
+    A_k = r_k + gamma (1 - d_k) V(s_{k+1}) - V(s_k) under the run's critic, guided minus
+    unguided (raw reward units; what `sag` and `eag` aim to raise)}. Both are 0 for guide
+    none. Unlike `guide_step_ratio`, the size of each reverse step's push on x0_hat, these
+    measure what is left of the pushes in the samples the learner gets. Ours (no reference
+    counterpart).
+    """
+    def advantage(o, r, d):
+        v = value_fn(o)
+        return r + gamma * (1.0 - d[:, :-1]) * v[:, 1:] - v[:, :-1]
+
+    shift = normalize_obs(obs[:, 1:]) - normalize_obs(base_obs[:, 1:])
+    gain = advantage(obs, reward, terminal) - advantage(base_obs, base_reward, base_terminal)
+    return {"guide_state_shift": jnp.sqrt((shift ** 2).mean()), "guide_advantage_gain": gain.mean()}
+
+
 # ---------------------------------------------------------------------------- command line
 def _config_from_dict(d: dict):
     """A Config from a run's config.json (fields the current Config does not know are left out)."""
@@ -153,7 +180,8 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
     `run_dir`, from the same start states and noise (same PRNG key for every guide).
 
     Returns {guide: {metric: [per seed]}} with the metrics of `trajectory_errors`
-    (`wm_state_error` per step as a list), `wm_advantage_corr` and `wm_action_cost_ratio`. The run's own guide keeps its scale; the others
+    (`wm_state_error` per step as a list), `wm_advantage_corr`, `wm_action_cost_ratio`,
+    `guide_state_shift` and `guide_advantage_gain`. The run's own guide keeps its scale; the others
     use their defaults for the task. Raises FileNotFoundError / ValueError when the run has
     no config or no valid checkpoint.
     """
@@ -184,14 +212,15 @@ def compare_guides(run_dir: str, guides, batch: int = 256, key: int = 0):
 
 def _table(res) -> str:
     lines = ["| guide | c | state error, step 1 | state error, last step | reward error | advantage corr "
-             "| action-cost ratio |", "|---|---|---|---|---|---|---|"]
+             "| action-cost ratio | guide's state shift | guide's advantage gain |", "|---|---|---|---|---|---|---|---|---|"]
     for g, m in res.items():
         if g.startswith("_"):
             continue
         mean = lambda k: sum(m[k]) / len(m[k])
         lines.append(f"| {g} | {m['guide_scale']:g} | {mean('wm_state_error_1'):.4g} | "
                      f"{mean('wm_state_error_last'):.4g} | {mean('wm_reward_error'):.4g} | "
-                     f"{mean('wm_advantage_corr'):.3f} | {mean('wm_action_cost_ratio'):.3f} |")
+                     f"{mean('wm_advantage_corr'):.3f} | {mean('wm_action_cost_ratio'):.3f} | "
+                     f"{mean('guide_state_shift'):.4g} | {mean('guide_advantage_gain'):.4g} |")
     return "\n".join(lines)
 
 

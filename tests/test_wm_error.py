@@ -1,6 +1,7 @@
 """The simulator state in the replay, restoring it, the world-model error against the
 simulator (known answers; logged with each evaluation; the `agdjax.wm_error` command) and
 oracle imagination (the learner's data straight from the simulator)."""
+import dataclasses
 import functools
 import json
 import math
@@ -100,6 +101,25 @@ def test_action_cost_ratio_known_answers():
     assert math.isnan(two)  # 2 trajectories ended at transition 0: 2 transitions count
 
 
+def test_guide_effect_known_answer():
+    """State shift in normalised units over rows 1..H-1; advantage gain under the critic."""
+    B, H, D, gamma = 2, 3, 2, 0.5
+    base = jax.random.normal(jax.random.PRNGKey(0), (B, H, D))
+    obs = base.at[:, 1:, 0].add(2.0)  # +2 raw on dimension 0 of rows 1..H-1
+    r_base = jax.random.normal(jax.random.PRNGKey(1), (B, H - 1))
+    r = r_base + 0.25
+    d0, d = jnp.zeros((B, H)), jnp.zeros((B, H)).at[0, 0].set(1.0)
+    normalize = lambda x: (x - 1.0) / jnp.array([4.0, 1.0])  # std 4 on dimension 0
+    value = lambda o: o[..., 0] ** 2  # non-linear
+    m = wm_error.guide_effect(normalize, value, gamma, obs, r, d, base, r_base, d0)
+    assert float(m["guide_state_shift"]) == pytest.approx(np.sqrt(0.5 ** 2 / D))  # 2 / 4 on half the entries
+    adv = lambda o, rr, dd: rr + gamma * (1 - dd[:, :-1]) * value(o[:, 1:]) - value(o[:, :-1])
+    want = float((adv(obs, r, d) - adv(base, r_base, d0)).mean())
+    assert float(m["guide_advantage_gain"]) == pytest.approx(want, rel=1e-5)
+    same = wm_error.guide_effect(normalize, value, gamma, base, r_base, d0, base, r_base, d0)
+    assert float(same["guide_state_shift"]) == 0.0 and float(same["guide_advantage_gain"]) == 0.0
+
+
 @functools.lru_cache(maxsize=None)
 def _step_after_restores():
     """One MJX compile shared by the restore tests: after 5 steps of HalfCheetah, one more
@@ -173,7 +193,8 @@ def test_evaluations_log_the_world_model_error(smoke_oracle):
     assert len(at_eval) == 3
     for r in at_eval:
         for k in wm_error.WM_METRICS:
-            low = {"wm_advantage_corr": -1.0, "wm_action_cost_ratio": -math.inf}.get(k, 0.0)  # the rest: squared errors
+            low = {"wm_advantage_corr": -1.0, "wm_action_cost_ratio": -math.inf,
+                   "guide_advantage_gain": -math.inf}.get(k, 0.0)  # the rest: squared errors and a shift
             assert math.isfinite(r[k]) and r[k] >= low, (k, r)
         assert r["wm_advantage_corr"] <= 1.0
     assert not any("wm_state_error_1" in r for r in rows if "eval_return" not in r)
@@ -302,3 +323,28 @@ def test_the_evaluation_draws_its_start_states_as_the_wm_error_phase(smoke_oracl
     logged = next(r for r in rows if r["env_steps"] == 0 and r["seed"] == 0)
     for k in wm_error.WM_METRICS:
         np.testing.assert_allclose(logged[k], float(direct[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_the_guide_effect_compares_the_same_noise_with_and_without_the_guide(smoke_oracle):
+    """guide_state_shift / guide_advantage_gain of the wm_error phase are those of the run's
+    guided samples against train.diffusion_imagine(..., guide='none') at the same key; with
+    c = 0 they are exactly 0."""
+    cfg, _, _ = smoke_oracle
+    prog, init, _ = loop.compile_program(cfg, 1, jax.devices()[:1])
+    state0 = jax.tree.map(lambda x: x[0], init(*loop.member_inputs(cfg, [{"seed": 0}])))
+    key = jax.random.PRNGKey(7)
+    m = jax.jit(prog.phases["wm_error"])(state0, key)
+    setup = train.make_setup(cfg)
+    k_s, k_im = jax.random.split(key)
+    s0, _ = rb.sample_starts(state0.replay, k_s, cfg.wm_error_batch)
+    guided = train.diffusion_imagine(setup, state0, k_im, s0)
+    base = train.diffusion_imagine(setup, state0, k_im, s0, guide="none")
+    value = lambda o: setup.mods.critic.apply(state0.agent.critic, o)
+    want = wm_error.guide_effect(state0.norm.obs.normalize, value, cfg.gamma, guided.obs, guided.reward[:, :-1],
+                                 guided.terminal, base.obs, base.reward[:, :-1], base.terminal)
+    assert float(m["guide_state_shift"]) > 0.0
+    for k in ("guide_state_shift", "guide_advantage_gain"):
+        np.testing.assert_allclose(float(m[k]), float(want[k]), rtol=1e-4, atol=1e-7, err_msg=k)
+    off = train.make_setup(dataclasses.replace(cfg, guide_scale=0.0))
+    m0 = jax.jit(lambda st, k: train.wm_error_phase(off, st, k))(state0, key)
+    assert float(m0["guide_state_shift"]) == 0.0 and float(m0["guide_advantage_gain"]) == 0.0

@@ -15,7 +15,8 @@ DIAG = [("policy_std", "std"), ("policy_mean_abs", "mean abs μ"), ("critic_loss
         ("action_guidance_scale", "delta"), ("guide_step_ratio", "guide step"), ("train_return", "train return"),
         ("imagined_advantage", "im. adv."), ("diffusion_loss", "diffusion loss"),
         ("wm_state_error_1", "wm s1"), ("wm_state_error_last", "wm s(H-1)"), ("wm_reward_error", "wm r"),
-        ("wm_advantage_corr", "adv corr"), ("wm_action_cost_ratio", "action-cost ratio")]
+        ("wm_advantage_corr", "adv corr"), ("wm_action_cost_ratio", "action-cost ratio"),
+        ("guide_state_shift", "guide shift"), ("guide_advantage_gain", "guide adv. gain")]
 
 
 def finite(v):
