@@ -50,6 +50,10 @@ class Config:
     agent: str = "a2c"
     model_free: bool = False
     guide_scale: Optional[float] = None  # state-guide scale c; None -> TASK_GUIDE_SCALE / DEFAULT_GUIDE_SCALE
+    # ablation (ours): the state guide also moves row H-1. The reference zeroes that row's
+    # gradient (polygrad/sampling/functions.py, grad[:, :-1]); then, rewards held fixed, the
+    # advantage terms telescope and the guide cannot raise the value (docs/RESULTS.md, session 12)
+    guide_last_row: bool = False
     preset: str = "paper"
     imagination: str = "diffusion"  # diffusion | oracle (diagnostic: H-step rollouts in the real simulator)
     # swept values: ((name, (v1, v2, ...)), ...) over SWEEPABLE names, in SWEEPABLE order; each
@@ -303,6 +307,9 @@ def validate(cfg: Config) -> Config:
     _validate_sweep(cfg)
     if cfg.model_free and cfg.guide != "none":
         raise ConfigError(f"--guide={cfg.guide} is not allowed with --model_free; use --guide=none")
+    if cfg.guide_last_row is not False and not (cfg.guide_last_row is True and cfg.guide != "none"):
+        raise ConfigError(f"--guide_last_row={cfg.guide_last_row!r}: allowed only as true or false, and true "
+                          f"only with a state guide (--guide=sag, eag or reward), not --guide={cfg.guide}")
     if cfg.horizon < 2:
         raise ConfigError(f"--horizon={cfg.horizon} must be >= 2")
     if cfg.total_env_steps % cfg.env_steps_per_iter:

@@ -39,8 +39,10 @@ def guide_objective(guide: str, advantage=None, reward=None):
 
 
 def state_guide_gradient(guide: str, s_hat, reward_norm, terminal, actions_raw, obs_norm,
-                         reward_stats, value_fn, reward_fn, gamma: float):
-    """G = grad_{s_hat} objective, in normalised state space, rows 0 and H-1 set to zero.
+                         reward_stats, value_fn, reward_fn, gamma: float, last_row: bool = False):
+    """G = grad_{s_hat} objective, in normalised state space, rows 0 and H-1 set to zero
+    (the reference's `grad[:, :-1]`); `last_row=True` keeps row H-1's gradient (ablation,
+    `Config.guide_last_row`).
 
     s_hat [B, H, obs_dim] normalised predicted clean states; reward_norm [B, H] normalised
     generated rewards; terminal [B, H] generated terminal values (thresholded at 0.5);
@@ -57,7 +59,7 @@ def state_guide_gradient(guide: str, s_hat, reward_norm, terminal, actions_raw, 
         return guide_objective(guide, advantage=one_step_advantage(value_fn, obs, reward_raw, done, gamma))
 
     g = jax.grad(objective)(s_hat)
-    row_mask = jnp.ones((s_hat.shape[1], 1)).at[0].set(0.0).at[-1].set(0.0)
+    row_mask = jnp.ones((s_hat.shape[1], 1)).at[0].set(0.0).at[-1].set(1.0 if last_row else 0.0)
     return g * row_mask
 
 

@@ -62,6 +62,7 @@ class Guidance(NamedTuple):
     action_bound: Optional[float] = 1.0
     action_guidance: bool = True
     scale_actions: bool = True
+    guide_last_row: bool = False
 
 
 def _within(a_raw, action_bound):
@@ -108,7 +109,7 @@ def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidan
     if g.guide != "none":
         grad = state_guide_gradient(g.guide, x0_hat[..., :obs_dim], x0_hat[..., -2], x0_hat[..., -1],
                                     _within(a_raw, g.action_bound), norm.obs,
-                                    norm.reward, fns.value, fns.reward, g.gamma)
+                                    norm.reward, fns.value, fns.reward, g.gamma, g.guide_last_row)
         step = g.guide_scale * sigma**4 * grad
         ratio = jnp.linalg.norm(step) / jnp.maximum(jnp.linalg.norm(x0_hat[..., :obs_dim]), 1e-12)
         x0_hat = x0_hat.at[..., :obs_dim].add(step)
@@ -124,7 +125,7 @@ def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, del
            guide: str, guide_scale: float, gamma: float, act_dim: int, horizon: int,
            clip_sigmas: float = 3.0, clamp_last_steps: int = 10, clamp_value: float = 0.25,
            action_bound: Optional[float] = 1.0, action_guidance: bool = True,
-           scale_actions: bool = True, timesteps=None) -> Imagined:
+           scale_actions: bool = True, timesteps=None, guide_last_row: bool = False) -> Imagined:
     """Generates trajectories from start states s0_raw [B, obs_dim] (raw units).
 
     `delta`: action-guidance scale (scalar). `guide` in none/sag/eag/reward with scale c =
@@ -135,13 +136,14 @@ def sample(fns: SamplerFns, sched: diffusion.Schedule, norm, s0_raw, key, *, del
     step (for tests/ablations). `scale_actions`: the denoiser sees sqrt(alpha_bar_t) * a (as
     in training; `diffusion.scaled_actions`). `timesteps` [K]: with a respaced `sched` of K
     steps (`diffusion.respace`), the trained chain's step that each step stands for (given
-    to the denoiser); None: `sched` is the trained chain.
+    to the denoiser); None: `sched` is the trained chain. `guide_last_row`: the state guide
+    also moves row H-1 (ablation; the reference does not).
     """
     b, obs_dim = s0_raw.shape
     n_steps = sched.betas.shape[0]
     s0 = norm.obs.normalize(s0_raw)
     g = Guidance(delta, guide, guide_scale, gamma, clip_sigmas, clamp_last_steps, clamp_value,
-                 action_bound, action_guidance, scale_actions)
+                 action_bound, action_guidance, scale_actions, guide_last_row)
     k_x, k_a, k_loop = jax.random.split(key, 3)
     x = diffusion.inpaint(jax.random.normal(k_x, (b, horizon, obs_dim + 2)), s0)
     a = jax.random.normal(k_a, (b, horizon, act_dim))

@@ -301,7 +301,8 @@ def diffusion_imagine(setup: Setup, state: TrainState, key, s0, guide: str | Non
                   clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                   clamp_value=cfg.clamp_value, horizon=cfg.horizon,
                   action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
-                  scale_actions=cfg.scale_action_input, timesteps=setup.sample_timesteps)
+                  scale_actions=cfg.scale_action_input, timesteps=setup.sample_timesteps,
+                  guide_last_row=cfg.guide_last_row)
 
 
 def oracle_imagine(setup: Setup, state: TrainState, key, s0, physics) -> Imagined:

@@ -72,6 +72,8 @@ flags.DEFINE_string("denoiser_dtype", None, "matmul dtype of the denoiser and of
                     "default: the preset's, float32)")
 flags.DEFINE_bool("scale_action_input", None, "the denoiser sees sqrt(alpha_bar_t) * a (true, the "
                   "reference; paper preset) or a unscaled (false; cpu preset). Default: the preset's")
+flags.DEFINE_bool("guide_last_row", None, "ablation: the state guide also moves the last imagined "
+                  "state (row H-1), which the reference leaves out (default: false)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "
                   "host, seeds sharded over every host's devices")
 flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 (default: "
@@ -83,7 +85,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "total_env_steps",
-                 "denoiser_dtype", "imagination", "scale_action_input", "sampling_steps",
+                 "denoiser_dtype", "imagination", "scale_action_input", "guide_last_row", "sampling_steps",
                  "iters_per_chunk", "diffusion_steps_per_env_step") + C.SWEEPABLE
 
 

@@ -203,6 +203,11 @@ def test_scale_action_input_flag_and_resume_keep_the_runs_value():
     assert build(["--preset=cpu"], saved=old, field="n_diffusion_steps") == Config().n_diffusion_steps != 16
     assert build(["--preset=cpu"], field="denoiser_hidden") == make_config("halfcheetah", "cpu").denoiser_hidden
     assert build(["--preset=cpu", "--scale_action_input=false"], saved=old) is False
+    # the state guide's last-row ablation: off unless asked for, kept on resume
+    assert build(["--preset=cpu", "--guide=sag"], field="guide_last_row") is False
+    assert build(["--preset=cpu", "--guide=sag", "--guide_last_row"], field="guide_last_row") is True
+    assert build(["--preset=cpu"], saved=({"preset": "cpu", "guide": "sag", "guide_last_row": True}, [0]),
+                 field="guide_last_row") is True
 
 
 def test_sweep_flags_build_the_sweep_and_resume_keeps_it():

@@ -477,3 +477,40 @@ def test_guide_networks_run_at_the_denoiser_dtype_and_the_learner_at_fp32(guide)
         assert count("24x24xbf16") >= 3  # the guide's critic forward and backward, the actor's step
     else:
         assert count("20x20xbf16") >= 1 and count("24x24xbf16") >= 1  # the reward model; the actor's step
+
+
+def test_guide_last_row_ablation_moves_row_h_minus_1_only():
+    """--guide_last_row keeps row H-1's gradient, which the reference zeroes: for eag it is
+    gamma (1 - d_{H-2}) grad V(s_{H-1}), the one term of sum_k A_k that raises the value;
+    rows 0 … H-2 are unchanged. Through the sampler it changes the step's x0_hat (so x_prev)
+    only through that row; with it off the step is the reference's."""
+    norm = real_norm()
+    s_hat, r_norm, term, a_raw = guide_inputs()
+    args = (s_hat, r_norm, term, a_raw, norm.obs, norm.reward, critic, reward_model, GAMMA)
+    for guide in ("sag", "eag"):
+        off, on = (np.asarray(state_guide_gradient(guide, *args, last_row=lr)) for lr in (False, True))
+        np.testing.assert_array_equal(on[:, :-1], off[:, :-1])
+        assert np.all(off[:, -1] == 0) and np.abs(on[:, -1]).max() > 0.01
+    grad_v = jax.grad(lambda s: critic(norm.obs.unnormalize(s)).sum())(s_hat)
+    d = (term > 0.5).astype(jnp.float32)
+    on = state_guide_gradient("eag", *args, last_row=True)
+    np.testing.assert_allclose(np.asarray(on[:, -1]), np.asarray(GAMMA * (1.0 - d[:, -2, None]) * grad_v[:, -1]),
+                               rtol=1e-4, atol=1e-6)
+    sched = diffusion.cosine_schedule(T, 1.0)
+    s0, x_t, a_t = step_inputs()
+    step = lambda lr: reverse_step(STEP_FNS, sched, norm, s0, Guidance(
+        delta=0.3, guide="sag", guide_scale=3.0, gamma=GAMMA, clamp_last_steps=-1, guide_last_row=lr),
+        x_t, a_t, 5, jax.random.PRNGKey(7))[0]
+    ref = ref_reverse_step(sched, norm, s0, x_t, a_t, 5, jax.random.PRNGKey(7), Guidance(
+        delta=0.3, guide="sag", guide_scale=3.0, gamma=GAMMA, clamp_last_steps=-1))[0]
+    np.testing.assert_allclose(np.asarray(step(False)), ref, rtol=1e-4, atol=1e-4)
+    moved = np.abs(np.asarray(step(True) - step(False)))
+    assert moved[:, -1].max() > 1e-4 and moved[:, :-1].max() < 1e-6  # the posterior mean is per row
+
+
+def test_guide_last_row_needs_a_state_guide():
+    from agdjax.config import ConfigError, make_config
+    assert make_config("halfcheetah", "smoke", guide="sag", guide_last_row=True).guide_last_row is True
+    for bad in (dict(guide="none", guide_last_row=True), dict(guide="sag", guide_last_row=1)):
+        with pytest.raises(ConfigError, match="--guide_last_row"):
+            make_config("halfcheetah", "smoke", **bad)
