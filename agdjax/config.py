@@ -307,7 +307,7 @@ def validate(cfg: Config) -> Config:
     _validate_sweep(cfg)
     if cfg.model_free and cfg.guide != "none":
         raise ConfigError(f"--guide={cfg.guide} is not allowed with --model_free; use --guide=none")
-    if cfg.guide_last_row is not False and not (cfg.guide_last_row is True and cfg.guide != "none"):
+    if not isinstance(cfg.guide_last_row, bool) or (cfg.guide_last_row and cfg.guide == "none"):
         raise ConfigError(f"--guide_last_row={cfg.guide_last_row!r}: allowed only as true or false, and true "
                           f"only with a state guide (--guide=sag, eag or reward), not --guide={cfg.guide}")
     if cfg.horizon < 2:

@@ -349,8 +349,8 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
         effect = {"guide_state_shift": jnp.float32(0.0), "guide_advantage_gain": jnp.float32(0.0)}
     else:  # the same start states and noise without the state guide
         base = diffusion_imagine(setup, state, key, s0, guide="none")
-        effect = guide_effect(state.norm.obs.normalize, value, setup.cfg.gamma, im.obs, im.reward[:, :-1],
-                              im.terminal, base.obs, base.reward[:, :-1], base.terminal)
+        effect = guide_effect(state.norm.obs.normalize, value, setup.cfg.gamma, im.obs, im.reward, im.terminal,
+                              base.obs, base.reward, base.terminal)
     return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
                 wm_advantage_corr=corr, **effect,
                 wm_action_cost_ratio=action_cost_ratio(im.action[:, :-1], im.reward[:, :-1], sim_reward,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from agdjax.guidance import one_step_advantage
+
 WM_METRICS = ("wm_state_error_1", "wm_state_error_last", "wm_reward_error", "wm_advantage_corr",
               "wm_action_cost_ratio", "guide_state_shift", "guide_advantage_gain")
 
@@ -119,24 +121,21 @@ def guide_effect(normalize_obs, value_fn, gamma: float, obs, reward, terminal, b
     """What the state guide changes: the run's guided trajectories against unguided ones
     from the same start states and noise (the same sampler with guide none).
 
-    obs / base_obs [B, H, obs_dim] raw, reward / base_reward [B, H-1], terminal /
+    obs / base_obs [B, H, obs_dim] raw, reward / base_reward [B, H] raw, terminal /
     base_terminal [B, H] (0/1); normalize_obs maps raw states to the world model's units
     (per-dimension mean 0, std 1 over the replay); value_fn raw obs [..., obs_dim] -> [...].
     Returns {'guide_state_shift': RMS over trajectories, rows 1 … H-1 and dimensions of the
     change of the states in normalised units (0.1 is a tenth of a state's spread),
     'guide_advantage_gain': mean over rows 0 … H-2 of the one-step advantage
-    A_k = r_k + gamma (1 - d_k) V(s_{k+1}) - V(s_k) under the run's critic, guided minus
+    A_k = r_k + gamma (1 - d_k) V(s_{k+1}) - V(s_k) (`guidance.one_step_advantage`) under the run's critic, guided minus
     unguided (raw reward units; what `sag` and `eag` aim to raise)}. Both are 0 for guide
     none. Unlike `guide_step_ratio`, the size of each reverse step's push on x0_hat, these
     measure what is left of the pushes in the samples the learner gets. Ours (no reference
     counterpart).
     """
-    def advantage(o, r, d):
-        v = value_fn(o)
-        return r + gamma * (1.0 - d[:, :-1]) * v[:, 1:] - v[:, :-1]
-
     shift = normalize_obs(obs[:, 1:]) - normalize_obs(base_obs[:, 1:])
-    gain = advantage(obs, reward, terminal) - advantage(base_obs, base_reward, base_terminal)
+    gain = (one_step_advantage(value_fn, obs, reward, terminal, gamma)
+            - one_step_advantage(value_fn, base_obs, base_reward, base_terminal, gamma))
     return {"guide_state_shift": jnp.sqrt((shift ** 2).mean()), "guide_advantage_gain": gain.mean()}
 
 

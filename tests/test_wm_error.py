@@ -111,12 +111,13 @@ def test_guide_effect_known_answer():
     d0, d = jnp.zeros((B, H)), jnp.zeros((B, H)).at[0, 0].set(1.0)
     normalize = lambda x: (x - 1.0) / jnp.array([4.0, 1.0])  # std 4 on dimension 0
     value = lambda o: o[..., 0] ** 2  # non-linear
-    m = wm_error.guide_effect(normalize, value, gamma, obs, r, d, base, r_base, d0)
+    full = lambda rr: jnp.concatenate([rr, jnp.full((B, 1), 9.0)], 1)  # row H-1's reward: no transition
+    m = wm_error.guide_effect(normalize, value, gamma, obs, full(r), d, base, full(r_base), d0)
     assert float(m["guide_state_shift"]) == pytest.approx(np.sqrt(0.5 ** 2 / D))  # 2 / 4 on half the entries
     adv = lambda o, rr, dd: rr + gamma * (1 - dd[:, :-1]) * value(o[:, 1:]) - value(o[:, :-1])
     want = float((adv(obs, r, d) - adv(base, r_base, d0)).mean())
     assert float(m["guide_advantage_gain"]) == pytest.approx(want, rel=1e-5)
-    same = wm_error.guide_effect(normalize, value, gamma, base, r_base, d0, base, r_base, d0)
+    same = wm_error.guide_effect(normalize, value, gamma, base, full(r_base), d0, base, full(r_base), d0)
     assert float(same["guide_state_shift"]) == 0.0 and float(same["guide_advantage_gain"]) == 0.0
 
 
@@ -340,8 +341,8 @@ def test_the_guide_effect_compares_the_same_noise_with_and_without_the_guide(smo
     guided = train.diffusion_imagine(setup, state0, k_im, s0)
     base = train.diffusion_imagine(setup, state0, k_im, s0, guide="none")
     value = lambda o: setup.mods.critic.apply(state0.agent.critic, o)
-    want = wm_error.guide_effect(state0.norm.obs.normalize, value, cfg.gamma, guided.obs, guided.reward[:, :-1],
-                                 guided.terminal, base.obs, base.reward[:, :-1], base.terminal)
+    want = wm_error.guide_effect(state0.norm.obs.normalize, value, cfg.gamma, guided.obs, guided.reward,
+                                 guided.terminal, base.obs, base.reward, base.terminal)
     assert float(m["guide_state_shift"]) > 0.0
     for k in ("guide_state_shift", "guide_advantage_gain"):
         np.testing.assert_allclose(float(m[k]), float(want[k]), rtol=1e-4, atol=1e-7, err_msg=k)

@@ -16,6 +16,7 @@ import jax
 
 from agdjax import replay as rb
 from agdjax import train, wm_error
+from agdjax.guidance import one_step_advantage
 
 
 def main():
@@ -35,10 +36,6 @@ def main():
     base = imagine(base_setup)
     value = lambda o: base_setup.mods.critic.apply(state.agent.critic, o)
 
-    def advantage(im):
-        v = value(im.obs)
-        return im.reward[:, :-1] + cfg.gamma * (1 - im.terminal[:, :-1]) * v[:, 1:] - v[:, :-1]
-
     print(f"{a.run_dir}: checkpoint at env step {restored.driver.get('env_steps')}, seed {seeds[0]}, "
           f"{a.batch} trajectories")
     print("| guide | c | last row | state shift (normalised) | advantage gain | mean A | mean log sigmoid(A) "
@@ -50,9 +47,9 @@ def main():
                 setup = train.make_setup(dataclasses.replace(cfg, guide=g, guide_scale=c, guide_last_row=last_row))
                 rows.append((g, c, last_row, imagine(setup)))
     for g, c, last_row, im in rows:
-        e = wm_error.guide_effect(state.norm.obs.normalize, value, cfg.gamma, im.obs, im.reward[:, :-1],
-                                  im.terminal, base.obs, base.reward[:, :-1], base.terminal)
-        adv = advantage(im)
+        e = wm_error.guide_effect(state.norm.obs.normalize, value, cfg.gamma, im.obs, im.reward, im.terminal,
+                                  base.obs, base.reward, base.terminal)
+        adv = one_step_advantage(value, im.obs, im.reward, im.terminal, cfg.gamma)
         print(f"| {g} | {c:g} | {'yes' if last_row else 'no'} | {float(e['guide_state_shift']):.4g} | {float(e['guide_advantage_gain']):.4g} "
               f"| {float(adv.mean()):.4f} | {float(jax.nn.log_sigmoid(adv).mean()):.4f} "
               f"| {float(im.reward[:, :-1].mean()):.4f} | {float(im.guide_step_ratio):.3f} |")
