@@ -15,15 +15,17 @@ import jax
 import jax.numpy as jnp
 
 
-# The action rule (DESIGN §1; PolyGRAD / AGD-MBRL reference): the environment is given the
-# policy's raw sample. MuJoCo (every Brax backend) clamps it to the actuators' control range
-# [-1, 1] in the physics, and the task's control cost is charged on the raw action. The replay
-# stores that raw action, so the world model is trained, and queried in imagination, on the
-# actions the policy produces. Clipping before the environment instead (the other consistent
-# rule) makes the control cost a few percent of the reward variance: the diffusion model then
-# learned ~1/4 of its dependence on the action, and A2C drove the policy mean to saturation
-# (docs/RESULTS.md, 'Why the agent did not learn').
-ACTION_RULE = "raw"
+# The action rule of the reference (PolyGRAD / AGD-MBRL `polygrad/utils/envs.py`: `create_env`
+# wraps every environment in `ClippedActionWrapper`; `scripts/online_rl.py` stores
+# `act.copy()`, the policy's sample before the wrapper clips it). The simulator is given the
+# sample clipped to the action space [-ACTION_BOUND, ACTION_BOUND], so the physics and the
+# task's control cost both see the clipped action. The replay stores the raw sample
+# (REPLAY_ACTIONS), so the world model is trained, and queried in imagination, on the actions
+# the policy produces, with the reward the clipped action earned. (Runs before 2026-12-04,
+# session 13, charged the control cost on the raw sample instead, a harder task than the
+# reference's: docs/RESULTS.md, session 13.)
+ACTION_BOUND = 1.0  # every task here (halfcheetah, hopper, walker2d, reacher): ctrlrange [-1, 1]
+REPLAY_ACTIONS = "raw"
 
 
 class EnvCarry(NamedTuple):
@@ -71,8 +73,11 @@ def observation_size(env) -> int:
 
 
 def sim_step(env, state, action):
-    """`env.step(state, action)` of one environment, traced once per shape (see `_jitted`)."""
-    return _jitted(env)[0](state, action)
+    """`env.step(state, clip(action))` of one environment, traced once per shape (see
+    `_jitted`): the simulator gets the action clipped to [-ACTION_BOUND, ACTION_BOUND], as the
+    reference's `ClippedActionWrapper` gives it (the physics and the control cost see the
+    clipped action). action [act_dim], raw."""
+    return _jitted(env)[0](state, jnp.clip(action, -ACTION_BOUND, ACTION_BOUND))
 
 
 def _stable(reset_state, step_fn, action_size):
@@ -94,8 +99,8 @@ def step(env, carry: EnvCarry, action: jax.Array, episode_length: int):
 
     Args:
       env: a Brax env.  carry: EnvCarry.  action: [act_dim], the policy's raw sample: the
-        simulator clamps it to its control range and the task's control cost is charged on
-        it as given, as in the reference's gym environments (see `ACTION_RULE`).
+        simulator gets it clipped to the action space (`sim_step`), the Transition keeps it
+        raw (see `ACTION_BOUND`).
       episode_length: time limit (steps).
     Returns:
       (new EnvCarry, Transition).
@@ -198,7 +203,7 @@ def rollout(env, template, physics, obs, policy, xs):
     `xs`.
 
     physics [B, n_phys], obs [B, obs_dim] (raw); policy(x, obs [B, obs_dim]) -> actions
-    [B, act_dim] (raw, given to the simulator as in `step`), with x the
+    [B, act_dim] (raw; the simulator gets them clipped, as in `step`), with x the
     step's entry of `xs` (a PRNG key for the current policy, or the actions [B, act_dim]
     themselves for an open-loop replay). Returns (obs [B, n+1, obs_dim] starting with `obs`,
     actions [B, n, act_dim] as the policy returned them, reward [B, n], terminal [B, n]),

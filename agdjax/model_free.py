@@ -67,7 +67,7 @@ def make_model_free_train(cfg: Config) -> Program:
             env_carry, ep_ret = c
             obs = env_carry.state.obs
             action = policy_dist(*actor.apply(state.agent.actor, obs)).sample(seed=k)
-            env_carry, tr = env_step(env_carry, action)  # raw sample (envs.ACTION_RULE)
+            env_carry, tr = env_step(env_carry, action)  # raw sample; the simulator gets it clipped (envs.sim_step)
             ended = (tr.terminal + tr.truncated) > 0
             ep_ret = ep_ret + tr.reward
             finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())

@@ -5,7 +5,7 @@ t = T-1 … 0 (at t = 0 the posterior std is ~1e-10, so noise and the state guid
 the action step is switched off explicitly):
   1. x0_hat = f(x_t, sqrt(alpha_bar_t) a_env, t); re-impose s_0. a_env is the action in the
      form the replay stores (the world model is trained on it): the raw action in the training
-     program (envs.ACTION_RULE), or a_t clipped to [-action_bound, action_bound] for an
+     program (envs.REPLAY_ACTIONS), or a_t clipped to [-action_bound, action_bound] for an
      environment that stores clipped actions
   2. posterior mean mu_t and std sigma_t of q(x_{t-1} | x_t, x0_hat)
   3. actions: clip to mu_pi ± 3 sigma_pi at s_hat, ascent step delta * grad log pi, noise

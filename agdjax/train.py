@@ -300,7 +300,7 @@ def diffusion_imagine(setup: Setup, state: TrainState, key, s0, guide: str | Non
                   guide=guide, guide_scale=scale, gamma=cfg.gamma, act_dim=setup.act_dim,
                   clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                   clamp_value=cfg.clamp_value, horizon=cfg.horizon,
-                  action_bound=None if envs.ACTION_RULE == "raw" else 1.0,  # what the replay stores
+                  action_bound=None if envs.REPLAY_ACTIONS == "raw" else 1.0,  # what the replay stores
                   scale_actions=cfg.scale_action_input, timesteps=setup.sample_timesteps,
                   guide_last_row=cfg.guide_last_row)
 
@@ -353,8 +353,9 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
                               base.obs, base.reward, base.terminal)
     return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
                 wm_advantage_corr=corr, **effect,
-                wm_action_cost_ratio=action_cost_ratio(im.action[:, :-1], im.reward[:, :-1], sim_reward,
-                                                       im.terminal, sim_term))
+                wm_action_cost_ratio=action_cost_ratio(  # on the actions the simulator was given
+                    jnp.clip(im.action[:, :-1], -envs.ACTION_BOUND, envs.ACTION_BOUND), im.reward[:, :-1],
+                    sim_reward, im.terminal, sim_term))
 
 
 # ---------------------------------------------------------------------- agent

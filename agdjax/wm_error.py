@@ -97,7 +97,8 @@ def action_cost_ratio(action, im_reward, sim_reward, im_terminal, sim_terminal):
     a comparison of the two rewards' response to the same actions, not as the control-cost
     weight itself.
 
-    action [B, H-1, act_dim] (the actions replayed, rows 0 … H-2), im_reward / sim_reward
+    action [B, H-1, act_dim] (the actions replayed, rows 0 … H-2, as the simulator was given
+    them: clipped to the action space, envs.sim_step), im_reward / sim_reward
     [B, H-1], im_terminal [B, H], sim_terminal [B, H-1] (0/1): a transition counts while
     neither trajectory has terminated before it. NaN when fewer than 3 transitions count or
     the simulator's slope is not positive (its reward then does not charge the action).

@@ -36,16 +36,21 @@ def test_step_batch_equals_vmapped_step_with_resets():
         np.testing.assert_allclose(np.asarray(x), np.asarray(y)[1], rtol=1e-3, atol=1e-3)
 
 
-def test_environment_gets_the_raw_action_and_the_physics_clamps_it():
-    """envs.ACTION_RULE: the transition stores the raw sample; the simulator clamps it to the
-    control range (same next observation as the clipped action) while the control cost is
-    charged on the raw action (lower reward)."""
+def test_environment_gets_the_clipped_action_and_the_transition_keeps_the_raw_one():
+    """The reference's action rule (envs.ACTION_BOUND; PolyGRAD `ClippedActionWrapper`): the
+    simulator is given the action clipped to [-1, 1], so the next observation and the reward
+    (its control cost included) are those of the clipped action, while the transition the
+    replay stores keeps the raw sample."""
     env = envs.make_env("halfcheetah", "positional")
     carry = envs.reset(env, jax.random.PRNGKey(0))
     step = jax.jit(functools.partial(envs.step, env, episode_length=1000))
-    big = jnp.full((env.action_size,), 2.5)
-    (_, tr_big), (_, tr_one) = step(carry, big), step(carry, jnp.ones(env.action_size))
+    big = jnp.full((env.action_size,), 2.5).at[0].set(-3.0)
+    clipped = jnp.clip(big, -1.0, 1.0)
+    (_, tr_big), (_, tr_one) = step(carry, big), step(carry, clipped)
     np.testing.assert_allclose(np.asarray(tr_big.action), np.asarray(big))
     np.testing.assert_allclose(np.asarray(tr_big.next_obs), np.asarray(tr_one.next_obs), atol=1e-6)
-    ctrl = 0.1 * env.action_size * (2.5**2 - 1.0)  # Brax halfcheetah: ctrl_cost_weight 0.1
-    np.testing.assert_allclose(float(tr_one.reward - tr_big.reward), ctrl, rtol=1e-4)
+    np.testing.assert_allclose(float(tr_big.reward), float(tr_one.reward), atol=1e-6)
+    # the unwrapped Brax step charges the raw action: 0.1 * sum(a^2 - clip(a)^2) more
+    raw = jax.jit(env.step)(carry.state, big)
+    ctrl = 0.1 * float(jnp.sum(big ** 2 - clipped ** 2))  # Brax halfcheetah: ctrl_cost_weight 0.1
+    np.testing.assert_allclose(float(tr_one.reward - raw.reward), ctrl, rtol=1e-4)

@@ -375,11 +375,11 @@ def test_world_model_sees_only_environment_range_actions():
 
 
 def test_world_model_sees_the_raw_action_under_the_training_rule():
-    """The training program's rule (envs.ACTION_RULE = 'raw', action_bound=None): the replay
+    """The training program's rule (envs.REPLAY_ACTIONS = 'raw', action_bound=None): the replay
     stores the raw sample, so the world model is queried on the same raw actions the policy
     produces, and the final imagined actions are the ones it saw last."""
     from agdjax import envs
-    assert envs.ACTION_RULE == "raw"
+    assert envs.REPLAY_ACTIONS == "raw"
     raw, seen_r, im = _recorded_model_actions(None)
     assert max(np.abs(a).max() for a in raw) > 1.5 and max(np.abs(a).max() for a in seen_r) > 1.5
     np.testing.assert_allclose(raw[-1], np.asarray(im.action), rtol=1e-4, atol=1e-4)
