@@ -18,6 +18,17 @@ GUIDES = ("none", "sag", "eag", "reward")
 AGENTS = ("a2c", "ppo", "trpo")
 PRESETS = ("auto", "paper", "cpu", "smoke")
 IMAGINATION = ("diffusion", "oracle")
+# What the simulator is given (Config.env_action): "clipped", the reference's rule (PolyGRAD /
+# AGD-MBRL wrap every environment in `ClippedActionWrapper`): the policy's sample clipped to
+# [-ACTION_BOUND, ACTION_BOUND], so the physics and the control cost see the clipped action;
+# "raw" (ablation; the rule of sessions 5-12 of this project): the raw sample, which the
+# physics clamps while the control cost is charged on the raw action. The replay stores the
+# raw sample under both.
+ENV_ACTIONS = ("clipped", "raw")
+ACTION_BOUND = 1.0  # every task here (halfcheetah, hopper, walker2d, reacher): ctrlrange [-1, 1]
+# Fields added with a default that changes what an older run did: the value a saved config
+# that predates the field gets (`saved_values`), so that --resume and compare read it as it ran.
+_PREDATING_VALUES = {"env_action": "raw"}
 
 # Reference state-guidance scales c (AGD-MBRL): sag 4, eag 3; the reward guide has no
 # published value, 1.0 is ours. Per-task values of the AGD-MBRL configs take precedence.
@@ -54,6 +65,7 @@ class Config:
     # gradient (polygrad/sampling/functions.py, grad[:, :-1]); then, rewards held fixed, the
     # advantage terms telescope and the guide cannot raise the value (docs/RESULTS.md, session 12)
     guide_last_row: bool = False
+    env_action: str = "clipped"  # clipped (the reference) | raw (ablation); see ENV_ACTIONS
     preset: str = "paper"
     imagination: str = "diffusion"  # diffusion | oracle (diagnostic: H-step rollouts in the real simulator)
     # swept values: ((name, (v1, v2, ...)), ...) over SWEEPABLE names, in SWEEPABLE order; each
@@ -186,6 +198,12 @@ class Config:
         return math.floor(self.clamp_fraction * self.n_sampling_steps + 1e-9) - 1
 
     @property
+    def env_action_bound(self) -> Optional[float]:
+        """The bound the simulator clips actions to: ACTION_BOUND under env_action 'clipped',
+        None (no clip) under 'raw'."""
+        return ACTION_BOUND if self.env_action == "clipped" else None
+
+    @property
     def clamp_value(self) -> float:
         """Bound of |mu_t - x_t| in the clamped steps: clamp_ref per step at
         REF_DIFFUSION_STEPS steps, scaled by REF_DIFFUSION_STEPS / K, since each of K steps
@@ -282,6 +300,7 @@ def validate(cfg: Config) -> Config:
     _check_choice("preset", cfg.preset, PRESETS[1:])
     _check_choice("denoiser_dtype", cfg.denoiser_dtype, ("float32", "bfloat16"))
     _check_choice("imagination", cfg.imagination, IMAGINATION)
+    _check_choice("env_action", cfg.env_action, ENV_ACTIONS)
     if cfg.model_free and cfg.imagination != "diffusion":
         raise ConfigError(f"--imagination={cfg.imagination} is not allowed with --model_free (there is no "
                           f"imagination); use --imagination=diffusion")
@@ -432,9 +451,16 @@ _TASK_OVERRIDES = {
 
 def saved_values(saved_config: dict) -> dict:
     """Every Config field's value in a saved run's config dict (config.json): a field the dict
-    predates takes its default (fields are added with a default that keeps the old behaviour);
+    predates takes its default (fields are added with a default that keeps the old behaviour),
+    or, for the few whose default does not (`_PREDATING_VALUES`), the value older runs had;
     keys that are no longer fields are dropped."""
-    return {k: saved_config.get(k, v) for k, v in Config().to_dict().items()}
+    return {k: saved_config.get(k, _PREDATING_VALUES.get(k, v)) for k, v in Config().to_dict().items()}
+
+
+def with_predating_values(saved_config: dict) -> dict:
+    """A saved config dict with the values older runs had for fields it predates whose default
+    changed what a run does (`_PREDATING_VALUES`, e.g. env_action 'raw'); other keys as saved."""
+    return {**_PREDATING_VALUES, **saved_config}
 
 
 def make_config(task: str = "halfcheetah", preset: str = "paper", **overrides) -> Config:

@@ -14,17 +14,17 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from agdjax.config import ACTION_BOUND
 
-# The action rule of the reference (PolyGRAD / AGD-MBRL `polygrad/utils/envs.py`: `create_env`
-# wraps every environment in `ClippedActionWrapper`; `scripts/online_rl.py` stores
-# `act.copy()`, the policy's sample before the wrapper clips it). The simulator is given the
-# sample clipped to the action space [-ACTION_BOUND, ACTION_BOUND], so the physics and the
-# task's control cost both see the clipped action. The replay stores the raw sample
-# (REPLAY_ACTIONS), so the world model is trained, and queried in imagination, on the actions
-# the policy produces, with the reward the clipped action earned. (Runs before 2026-12-04,
-# session 13, charged the control cost on the raw sample instead, a harder task than the
-# reference's: docs/RESULTS.md, session 13.)
-ACTION_BOUND = 1.0  # every task here (halfcheetah, hopper, walker2d, reacher): ctrlrange [-1, 1]
+
+# What the simulator is given (config.ENV_ACTIONS): by default the policy's sample clipped to
+# [-ACTION_BOUND, ACTION_BOUND], the reference's rule (PolyGRAD / AGD-MBRL `polygrad/utils/
+# envs.py`: `create_env` wraps every environment in `ClippedActionWrapper`), so the physics and
+# the task's control cost see the clipped action; every stepping function takes the bound as
+# `action_bound` (None: the raw sample, the "raw" ablation). The replay stores the raw sample
+# either way (REPLAY_ACTIONS; `scripts/online_rl.py` stores `act.copy()`, the sample before the
+# wrapper clips it), so the world model is trained, and queried in imagination, on the actions
+# the policy produces, with the reward the simulator gave.
 REPLAY_ACTIONS = "raw"
 
 
@@ -72,12 +72,14 @@ def observation_size(env) -> int:
     return jax.eval_shape(_jitted(env)[1], jax.random.PRNGKey(0)).obs.shape[-1]
 
 
-def sim_step(env, state, action):
+def sim_step(env, state, action, action_bound=ACTION_BOUND):
     """`env.step(state, clip(action))` of one environment, traced once per shape (see
-    `_jitted`): the simulator gets the action clipped to [-ACTION_BOUND, ACTION_BOUND], as the
+    `_jitted`): the simulator gets the action clipped to [-action_bound, action_bound], as the
     reference's `ClippedActionWrapper` gives it (the physics and the control cost see the
-    clipped action). action [act_dim], raw."""
-    return _jitted(env)[0](state, jnp.clip(action, -ACTION_BOUND, ACTION_BOUND))
+    clipped action); action_bound None gives it the raw action. action [act_dim], raw."""
+    if action_bound is not None:
+        action = jnp.clip(action, -action_bound, action_bound)
+    return _jitted(env)[0](state, action)
 
 
 def _stable(reset_state, step_fn, action_size):
@@ -94,18 +96,18 @@ def reset(env, key: jax.Array) -> EnvCarry:
     return EnvCarry(state, jnp.zeros((), jnp.int32), key)
 
 
-def step(env, carry: EnvCarry, action: jax.Array, episode_length: int):
+def step(env, carry: EnvCarry, action: jax.Array, episode_length: int, action_bound=ACTION_BOUND):
     """Steps one environment and resets it where the episode ended.
 
     Args:
       env: a Brax env.  carry: EnvCarry.  action: [act_dim], the policy's raw sample: the
-        simulator gets it clipped to the action space (`sim_step`), the Transition keeps it
-        raw (see `ACTION_BOUND`).
+        simulator gets it clipped to [-action_bound, action_bound] (`sim_step`; None: raw),
+        the Transition keeps it raw.
       episode_length: time limit (steps).
     Returns:
       (new EnvCarry, Transition).
     """
-    nxt = sim_step(env, carry.state, action)
+    nxt = sim_step(env, carry.state, action, action_bound)
     t = carry.t + 1
     terminal = nxt.done.astype(jnp.float32)
     truncated = jnp.where(terminal > 0, 0.0, (t >= episode_length).astype(jnp.float32))
@@ -117,17 +119,17 @@ def step(env, carry: EnvCarry, action: jax.Array, episode_length: int):
     return new_carry, tr
 
 
-def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int):
+def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int, action_bound=ACTION_BOUND):
     """`step` over a batch of environments (every leaf with a leading [n_envs] axis), with the
     same results, except that the fresh reset states are computed only when some episode of
     the batch ended: a `lax.cond` on the batch, a real branch where the program runs without a
     seed vmap (one seed; an MJX reset costs about one step), a select that computes both
     under a seed vmap (no saving, no loss).
 
-    Args: carry: EnvCarry [n_envs, ...]; actions [n_envs, act_dim]. Returns (EnvCarry,
-    Transition), leaves [n_envs, ...].
+    Args: carry: EnvCarry [n_envs, ...]; actions [n_envs, act_dim] raw; action_bound as in
+    `step`. Returns (EnvCarry, Transition), leaves [n_envs, ...].
     """
-    nxt = jax.vmap(functools.partial(sim_step, env))(carry.state, actions)
+    nxt = jax.vmap(functools.partial(sim_step, env, action_bound=action_bound))(carry.state, actions)
     t = carry.t + 1
     terminal = nxt.done.astype(jnp.float32)
     truncated = jnp.where(terminal > 0, 0.0, (t >= episode_length).astype(jnp.float32))
@@ -146,10 +148,11 @@ def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int):
     return EnvCarry(new_state, jnp.where(end, 0, t), keys[:, 0]), tr
 
 
-def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: int):
+def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: int, action_bound=ACTION_BOUND):
     """Mean undiscounted return of `policy_fn` over `n_episodes` parallel episodes.
 
-    `policy_fn(obs[n, obs_dim]) -> action[n, act_dim]` (deterministic, e.g. mean action).
+    `policy_fn(obs[n, obs_dim]) -> action[n, act_dim]` (deterministic, e.g. mean action), given
+    to the simulator as in `step` (action_bound).
     An episode's return stops accumulating at its first termination. Returns float32 [].
     """
     keys = jax.random.split(key, n_episodes)
@@ -158,7 +161,7 @@ def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: in
     def body(c, _):
         env_carry, ret, alive = c
         action = policy_fn(env_carry.state.obs)
-        nxt = jax.vmap(functools.partial(sim_step, env))(env_carry.state, action)
+        nxt = jax.vmap(functools.partial(sim_step, env, action_bound=action_bound))(env_carry.state, action)
         ret = ret + alive * nxt.reward
         alive = alive * (1.0 - nxt.done)
         return (env_carry._replace(state=nxt), ret, alive), None
@@ -198,12 +201,12 @@ def restore(env, template, physics: jax.Array, obs: jax.Array):
                             reward=jnp.zeros_like(template.reward), done=jnp.zeros_like(template.done))
 
 
-def rollout(env, template, physics, obs, policy, xs):
+def rollout(env, template, physics, obs, policy, xs, action_bound=ACTION_BOUND):
     """Rollouts in the simulator from stored simulator states, one step per leading entry of
     `xs`.
 
     physics [B, n_phys], obs [B, obs_dim] (raw); policy(x, obs [B, obs_dim]) -> actions
-    [B, act_dim] (raw; the simulator gets them clipped, as in `step`), with x the
+    [B, act_dim] (raw; the simulator gets them as in `step`, action_bound), with x the
     step's entry of `xs` (a PRNG key for the current policy, or the actions [B, act_dim]
     themselves for an open-loop replay). Returns (obs [B, n+1, obs_dim] starting with `obs`,
     actions [B, n, act_dim] as the policy returned them, reward [B, n], terminal [B, n]),
@@ -214,7 +217,7 @@ def rollout(env, template, physics, obs, policy, xs):
 
     def body(s, x):
         a = policy(x, s.obs)
-        nxt = jax.vmap(functools.partial(sim_step, env))(s, a)
+        nxt = jax.vmap(functools.partial(sim_step, env, action_bound=action_bound))(s, a)
         return nxt, (nxt.obs, a, nxt.reward, nxt.done.astype(jnp.float32))
 
     _, (o, a, r, d) = jax.lax.scan(body, state, xs)

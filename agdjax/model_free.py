@@ -51,7 +51,8 @@ def make_model_free_train(cfg: Config) -> Program:
     nets = a2c.Nets(actor.apply, critic.apply)
     T = cfg.rollout_length
     updates_per_iter = cfg.steps_per_iter // T
-    env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length)
+    env_step = functools.partial(envs.step_batch, env, episode_length=cfg.episode_length,
+                                 action_bound=cfg.env_action_bound)
 
     def init(key) -> ModelFreeState:
         k_env, k_a, k_c, k_agent, key = jax.random.split(key, 5)
@@ -67,7 +68,7 @@ def make_model_free_train(cfg: Config) -> Program:
             env_carry, ep_ret = c
             obs = env_carry.state.obs
             action = policy_dist(*actor.apply(state.agent.actor, obs)).sample(seed=k)
-            env_carry, tr = env_step(env_carry, action)  # raw sample; the simulator gets it clipped (envs.sim_step)
+            env_carry, tr = env_step(env_carry, action)  # raw sample; the simulator gets it as cfg.env_action says
             ended = (tr.terminal + tr.truncated) > 0
             ep_ret = ep_ret + tr.reward
             finished = (jnp.where(ended, ep_ret, 0.0).sum(), ended.sum())
@@ -112,7 +113,8 @@ def make_model_free_train(cfg: Config) -> Program:
 
     def eval_phase(state: ModelFreeState, key):
         policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
-        return {"eval_return": envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length)}
+        return {"eval_return": envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length,
+                                             cfg.env_action_bound)}
 
     run_chunk = make_run_chunk(cfg, lambda state, key, reads: eval_phase(state, key), train_iteration)
 

@@ -160,7 +160,8 @@ def make_setup(cfg: Config) -> Setup:
     return Setup(cfg, env, mods, sched, sample_sched, sample_timesteps,
                  denoiser_tx=optax.adam(cfg.diffusion_lr), reward_tx=optax.adam(cfg.diffusion_lr),
                  nets=a2c.Nets(mods.actor.apply, mods.critic.apply),
-                 env_step=functools.partial(envs.step_batch, env, episode_length=cfg.episode_length),
+                 env_step=functools.partial(envs.step_batch, env, episode_length=cfg.episode_length,
+                                            action_bound=cfg.env_action_bound),
                  obs_dim=obs_dim, act_dim=act_dim, phys_dim=phys_dim)
 
 
@@ -312,7 +313,8 @@ def oracle_imagine(setup: Setup, state: TrainState, key, s0, physics) -> Imagine
     actor = lambda o: setup.mods.actor.apply(state.agent.actor, o)
     policy = lambda k, o: policy_dist(*actor(o)).sample(seed=k)
     obs, action, reward, term = envs.rollout(setup.env, template, physics, s0, policy,
-                                             jax.random.split(key, setup.cfg.horizon - 1))
+                                             jax.random.split(key, setup.cfg.horizon - 1),
+                                             action_bound=setup.cfg.env_action_bound)
     mu, sigma = actor(obs)
     pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)  # row H-1 is never trained on
     return Imagined(obs, jnp.concatenate([action, mu[:, -1:]], 1), pad(reward), pad(term), mu, sigma,
@@ -341,7 +343,9 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
     im = diffusion_imagine(setup, state, key, s0)
     template = jax.tree.map(lambda x: x[0], state.env.state)
     actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A], replayed open-loop
-    sim_obs, _, sim_reward, sim_term = envs.rollout(setup.env, template, physics, s0, lambda a, o: a, actions)
+    bound = setup.cfg.env_action_bound
+    sim_obs, _, sim_reward, sim_term = envs.rollout(setup.env, template, physics, s0, lambda a, o: a, actions,
+                                                    action_bound=bound)
     value = lambda o: setup.mods.critic.apply(state.agent.critic, o)
     corr = advantage_corr(value, setup.cfg.gamma, im.obs, im.reward[:, :-1], im.terminal,
                           sim_obs, sim_reward, sim_term)
@@ -354,8 +358,8 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
     return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
                 wm_advantage_corr=corr, **effect,
                 wm_action_cost_ratio=action_cost_ratio(  # on the actions the simulator was given
-                    jnp.clip(im.action[:, :-1], -envs.ACTION_BOUND, envs.ACTION_BOUND), im.reward[:, :-1],
-                    sim_reward, im.terminal, sim_term))
+                    im.action[:, :-1] if bound is None else jnp.clip(im.action[:, :-1], -bound, bound),
+                    im.reward[:, :-1], sim_reward, im.terminal, sim_term))
 
 
 # ---------------------------------------------------------------------- agent
@@ -424,7 +428,7 @@ def evaluate(setup: Setup, state: TrainState, key, starts):
     cfg = setup.cfg
     k_ev, _, k_im = eval_keys(key)
     m = {"eval_return": envs.evaluate(setup.env, policy_mean(setup, state.agent.actor), k_ev,
-                                      cfg.eval_episodes, cfg.episode_length)}
+                                      cfg.eval_episodes, cfg.episode_length, cfg.env_action_bound)}
     if starts is not None:
         m.update({k: v for k, v in wm_error_from(setup, state, k_im, starts).items() if k in WM_METRICS})
     return m

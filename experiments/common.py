@@ -74,6 +74,10 @@ flags.DEFINE_bool("scale_action_input", None, "the denoiser sees sqrt(alpha_bar_
                   "reference; paper preset) or a unscaled (false; cpu preset). Default: the preset's")
 flags.DEFINE_bool("guide_last_row", None, "ablation: the state guide also moves the last imagined "
                   "state (row H-1), which the reference leaves out (default: false)")
+flags.DEFINE_string("env_action", None, f"{', '.join(C.ENV_ACTIONS)}: what the simulator is given: clipped (the "
+                  "policy's sample clipped to [-1, 1], the reference's rule: physics and control cost see the "
+                  "clipped action) or raw (ablation: the control cost is charged on the raw sample). The "
+                  "replay stores the raw sample either way (default: clipped)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first: one process per "
                   "host, seeds sharded over every host's devices")
 flags.DEFINE_string("coordinator_address", None, "with --distributed: host:port of process 0 (default: "
@@ -85,7 +89,7 @@ flags.DEFINE_integer("process_id", None, "with --distributed: this process's ind
 
 # Config fields a flag sets; on --resume the ones not given come from the run's config.json.
 _CONFIG_FLAGS = ("guide", "agent", "model_free", "backend", "total_env_steps",
-                 "denoiser_dtype", "imagination", "scale_action_input", "guide_last_row", "sampling_steps",
+                 "denoiser_dtype", "imagination", "scale_action_input", "guide_last_row", "env_action", "sampling_steps",
                  "iters_per_chunk", "diffusion_steps_per_env_step") + C.SWEEPABLE
 
 

@@ -208,6 +208,13 @@ def test_scale_action_input_flag_and_resume_keep_the_runs_value():
     assert build(["--preset=cpu", "--guide=sag", "--guide_last_row"], field="guide_last_row") is True
     assert build(["--preset=cpu"], saved=({"preset": "cpu", "guide": "sag", "guide_last_row": True}, [0]),
                  field="guide_last_row") is True
+    # the simulator's action rule: the reference's 'clipped' unless asked for; kept on resume; a
+    # run whose config.json predates the field ran 'raw' and resumes so (config._PREDATING_VALUES)
+    assert build(["--preset=cpu"], field="env_action") == "clipped"
+    assert build(["--preset=cpu", "--env_action=raw"], field="env_action") == "raw"
+    assert build(["--preset=cpu"], saved=({"preset": "cpu", "env_action": "clipped"}, [0]),
+                 field="env_action") == "clipped"
+    assert build(["--preset=cpu"], saved=old, field="env_action") == "raw"
 
 
 def test_sweep_flags_build_the_sweep_and_resume_keeps_it():

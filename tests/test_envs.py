@@ -37,20 +37,50 @@ def test_step_batch_equals_vmapped_step_with_resets():
 
 
 def test_environment_gets_the_clipped_action_and_the_transition_keeps_the_raw_one():
-    """The reference's action rule (envs.ACTION_BOUND; PolyGRAD `ClippedActionWrapper`): the
-    simulator is given the action clipped to [-1, 1], so the next observation and the reward
+    """The reference's action rule (Config.env_action 'clipped'; PolyGRAD `ClippedActionWrapper`):
+    the simulator is given the action clipped to [-1, 1], so the next observation and the reward
     (its control cost included) are those of the clipped action, while the transition the
-    replay stores keeps the raw sample."""
+    replay stores keeps the raw sample. Under action_bound=None (the 'raw' ablation) the
+    physics still clamps the action but the control cost is charged on the raw one."""
     env = envs.make_env("halfcheetah", "positional")
     carry = envs.reset(env, jax.random.PRNGKey(0))
     step = jax.jit(functools.partial(envs.step, env, episode_length=1000))
+    step_raw = jax.jit(functools.partial(envs.step, env, episode_length=1000, action_bound=None))
     big = jnp.full((env.action_size,), 2.5).at[0].set(-3.0)
     clipped = jnp.clip(big, -1.0, 1.0)
-    (_, tr_big), (_, tr_one) = step(carry, big), step(carry, clipped)
+    (_, tr_big), (_, tr_one), (_, tr_raw) = step(carry, big), step(carry, clipped), step_raw(carry, big)
     np.testing.assert_allclose(np.asarray(tr_big.action), np.asarray(big))
+    np.testing.assert_allclose(np.asarray(tr_raw.action), np.asarray(big))
     np.testing.assert_allclose(np.asarray(tr_big.next_obs), np.asarray(tr_one.next_obs), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(tr_raw.next_obs), np.asarray(tr_one.next_obs), atol=1e-6)
     np.testing.assert_allclose(float(tr_big.reward), float(tr_one.reward), atol=1e-6)
-    # the unwrapped Brax step charges the raw action: 0.1 * sum(a^2 - clip(a)^2) more
-    raw = jax.jit(env.step)(carry.state, big)
     ctrl = 0.1 * float(jnp.sum(big ** 2 - clipped ** 2))  # Brax halfcheetah: ctrl_cost_weight 0.1
-    np.testing.assert_allclose(float(tr_one.reward - raw.reward), ctrl, rtol=1e-4)
+    np.testing.assert_allclose(float(tr_one.reward - tr_raw.reward), ctrl, rtol=1e-4)
+
+
+def test_every_stepping_function_takes_the_rule():
+    """step_batch (collection, model-free), rollout (oracle, world-model error) and evaluate
+    clip by default and charge the raw action under action_bound=None; the training program's
+    collection step takes the config's rule (Config.env_action)."""
+    from agdjax.config import make_config
+    from agdjax.train import make_setup
+    env = envs.make_env("halfcheetah", "positional")
+    n = 2
+    carry = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(jax.random.PRNGKey(0), n))
+    big = jnp.full((n, env.action_size), 2.0)
+    extra = 0.1 * env.action_size * (2.0 ** 2 - 1.0)  # the raw action's extra control cost
+    r = lambda bound: jax.jit(functools.partial(envs.step_batch, env, episode_length=1000,
+                                                action_bound=bound))(carry, big)[1].reward
+    np.testing.assert_allclose(np.asarray(r(1.0) - r(None)), extra, rtol=1e-4)
+    template = jax.tree.map(lambda x: x[0], carry.state)
+    physics = jax.vmap(envs.physics_state)(carry.state)
+    ro = lambda bound: jax.jit(lambda: envs.rollout(env, template, physics, carry.state.obs, lambda a, o: a,
+                                                    big[None], action_bound=bound))()[2]
+    np.testing.assert_allclose(np.asarray(ro(1.0) - ro(None)), extra, rtol=1e-4)
+    ev = lambda bound: float(jax.jit(lambda: envs.evaluate(env, lambda o: jnp.full((o.shape[0], env.action_size), 2.0),
+                                                           jax.random.PRNGKey(1), 2, 3, bound))())
+    np.testing.assert_allclose(ev(1.0) - ev(None), 3 * extra, rtol=1e-3)
+    for rule, bound in (("clipped", 1.0), ("raw", None)):
+        cfg = make_config("halfcheetah", "smoke", backend="positional", env_action=rule)
+        got = jax.jit(make_setup(cfg).env_step)(carry, big)[1].reward
+        np.testing.assert_allclose(np.asarray(got), np.asarray(r(bound)), rtol=1e-5, atol=1e-5)

@@ -50,7 +50,7 @@ def report(tag, c, params, key=jax.random.PRNGKey(123), b=2048):
     mse = lambda p, k: float(((p[:, k, :obs_dim] - x[:, k, :obs_dim]) ** 2).mean())
     rs = float(norm.reward.std[0])
     r_true = x[:, :-1, -2] * rs; r_t = xt[:, :-1, -2] * rs; r_s = xs[:, :-1, -2] * rs
-    ctrl = -0.1 * (raw_a[:, :-1] ** 2).sum(-1)
+    ctrl = -0.1 * (np.clip(raw_a[:, :-1], -1, 1) ** 2).sum(-1)  # charged on the clipped action (envs.sim_step)
     m = alive.reshape(-1)
     def slope(y):
         X = np.stack([ctrl.reshape(-1)[m], r_true.reshape(-1)[m] - ctrl.reshape(-1)[m], np.ones(m.sum())], 1)
