@@ -21,7 +21,7 @@ IMAGINATION = ("diffusion", "oracle")
 # What the simulator is given (Config.env_action): "clipped", the reference's rule (PolyGRAD /
 # AGD-MBRL wrap every environment in `ClippedActionWrapper`): the policy's sample clipped to
 # [-ACTION_BOUND, ACTION_BOUND], so the physics and the control cost see the clipped action;
-# "raw" (ablation; the rule of sessions 5-12 of this project): the raw sample, which the
+# "raw" (ablation; the rule of sessions 2-12 of this project): the raw sample, which the
 # physics clamps while the control cost is charged on the raw action. The replay stores the
 # raw sample under both.
 ENV_ACTIONS = ("clipped", "raw")

@@ -127,6 +127,22 @@ def test_labels_name_what_differs(tmp_path):
                                             "sag c=3 denoiser_dtype=bfloat16"]
 
 
+def test_a_run_that_predates_env_action_groups_as_raw(tmp_path):
+    """config.json files written before Config.env_action existed ran the 'raw' rule: they pool
+    with 'raw' runs and are told apart from 'clipped' ones (config._PREDATING_VALUES)."""
+    old = write_run(tmp_path / "old", [0], {0: {0: 1.0, 64: 2.0}}, guide="sag", guide_scale=3.0)
+    with open(os.path.join(old, "config.json")) as f:
+        d = json.load(f)
+    del d["config"]["env_action"]
+    with open(os.path.join(old, "config.json"), "w") as f:
+        json.dump(d, f)
+    raw = write_run(tmp_path / "raw", [1], {1: {0: 1.0, 64: 2.0}}, guide="sag", guide_scale=3.0, env_action="raw")
+    new = write_run(tmp_path / "new", [0], {0: {0: 1.0, 64: 2.0}}, guide="sag", guide_scale=3.0)
+    groups = compare.group_runs([compare.load_run(x) for x in (old, raw, new)])
+    assert [(g["label"], len(g["members"])) for g in groups] == [("sag c=3 env_action=raw", 2),
+                                                                ("sag c=3 env_action=clipped", 1)]
+
+
 def test_cli(runs, tmp_path):
     env = dict(os.environ)
     p = subprocess.run([sys.executable, "-m", "agdjax.compare", runs["sag_a"], runs["eag"], "--steps=32",
