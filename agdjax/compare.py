@@ -32,7 +32,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from agdjax.config import DEFAULT_GUIDE_SCALE, with_predating_values
+from agdjax.config import DEFAULT_GUIDE_SCALE, completed_config
 from agdjax.logging import read_rows
 from agdjax.wm_error import WM_METRICS as WM_KEYS  # the world-model columns
 
@@ -71,7 +71,7 @@ def load_run(run_dir: str) -> dict:
             summary = json.load(f)
     except (OSError, ValueError):
         pass
-    cfg = with_predating_values(d["config"])  # e.g. a run before env_action existed ran 'raw'
+    cfg = completed_config(d["config"])  # e.g. a run before env_action existed ran 'raw'
     swept = list(cfg.pop("sweep", None) or {})  # names swept between the run's members
     if "guide_scale" not in swept:
         cfg["c"] = resolved_c(cfg)

@@ -457,10 +457,11 @@ def saved_values(saved_config: dict) -> dict:
     return {k: saved_config.get(k, _PREDATING_VALUES.get(k, v)) for k, v in Config().to_dict().items()}
 
 
-def with_predating_values(saved_config: dict) -> dict:
-    """A saved config dict with the values older runs had for fields it predates whose default
-    changed what a run does (`_PREDATING_VALUES`, e.g. env_action 'raw'); other keys as saved."""
-    return {**_PREDATING_VALUES, **saved_config}
+def completed_config(saved_config: dict) -> dict:
+    """A saved config dict with every current field filled in as `saved_values` does (a field
+    it predates takes its default, or the value older runs had, e.g. env_action 'raw'); keys
+    that are no longer fields are kept as saved."""
+    return {**saved_config, **saved_values(saved_config)}
 
 
 def make_config(task: str = "halfcheetah", preset: str = "paper", **overrides) -> Config:

@@ -144,9 +144,9 @@ def guide_effect(normalize_obs, value_fn, gamma: float, obs, reward, terminal, b
 def _config_from_dict(d: dict):
     """A Config from a run's config.json (fields the current Config does not know are left out)."""
     import dataclasses
-    from agdjax.config import Config, normalize_sweep, validate, with_predating_values
+    from agdjax.config import Config, normalize_sweep, validate, completed_config
     names = {f.name for f in dataclasses.fields(Config)}
-    values = {k: v for k, v in with_predating_values(d).items() if k in names}
+    values = {k: v for k, v in completed_config(d).items() if k in names}
     values["sweep"] = normalize_sweep(values.get("sweep") or {})
     return validate(Config(**values))
 
