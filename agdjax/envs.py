@@ -72,14 +72,20 @@ def observation_size(env) -> int:
     return jax.eval_shape(_jitted(env)[1], jax.random.PRNGKey(0)).obs.shape[-1]
 
 
-def sim_step(env, state, action, action_bound=ACTION_BOUND):
+def clip_action(action, action_bound):
+    """action clipped to [-action_bound, action_bound]; unchanged when action_bound is None.
+    What the simulator is given under `Config.env_action_bound`."""
+    return action if action_bound is None else jnp.clip(action, -action_bound, action_bound)
+
+
+def sim_step(env, state, action, *, action_bound):
     """`env.step(state, clip(action))` of one environment, traced once per shape (see
     `_jitted`): the simulator gets the action clipped to [-action_bound, action_bound], as the
     reference's `ClippedActionWrapper` gives it (the physics and the control cost see the
-    clipped action); action_bound None gives it the raw action. action [act_dim], raw."""
-    if action_bound is not None:
-        action = jnp.clip(action, -action_bound, action_bound)
-    return _jitted(env)[0](state, action)
+    clipped action); action_bound None gives it the raw action. action [act_dim], raw.
+    Every stepping function takes action_bound as a required keyword (`Config.env_action_bound`;
+    ACTION_BOUND for the reference's rule), so no caller can skip the run's rule."""
+    return _jitted(env)[0](state, clip_action(action, action_bound))
 
 
 def _stable(reset_state, step_fn, action_size):
@@ -96,7 +102,7 @@ def reset(env, key: jax.Array) -> EnvCarry:
     return EnvCarry(state, jnp.zeros((), jnp.int32), key)
 
 
-def step(env, carry: EnvCarry, action: jax.Array, episode_length: int, action_bound=ACTION_BOUND):
+def step(env, carry: EnvCarry, action: jax.Array, episode_length: int, *, action_bound):
     """Steps one environment and resets it where the episode ended.
 
     Args:
@@ -107,7 +113,7 @@ def step(env, carry: EnvCarry, action: jax.Array, episode_length: int, action_bo
     Returns:
       (new EnvCarry, Transition).
     """
-    nxt = sim_step(env, carry.state, action, action_bound)
+    nxt = sim_step(env, carry.state, action, action_bound=action_bound)
     t = carry.t + 1
     terminal = nxt.done.astype(jnp.float32)
     truncated = jnp.where(terminal > 0, 0.0, (t >= episode_length).astype(jnp.float32))
@@ -119,7 +125,7 @@ def step(env, carry: EnvCarry, action: jax.Array, episode_length: int, action_bo
     return new_carry, tr
 
 
-def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int, action_bound=ACTION_BOUND):
+def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int, *, action_bound):
     """`step` over a batch of environments (every leaf with a leading [n_envs] axis), with the
     same results, except that the fresh reset states are computed only when some episode of
     the batch ended: a `lax.cond` on the batch, a real branch where the program runs without a
@@ -148,7 +154,7 @@ def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int, ac
     return EnvCarry(new_state, jnp.where(end, 0, t), keys[:, 0]), tr
 
 
-def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: int, action_bound=ACTION_BOUND):
+def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: int, *, action_bound):
     """Mean undiscounted return of `policy_fn` over `n_episodes` parallel episodes.
 
     `policy_fn(obs[n, obs_dim]) -> action[n, act_dim]` (deterministic, e.g. mean action), given
@@ -201,7 +207,7 @@ def restore(env, template, physics: jax.Array, obs: jax.Array):
                             reward=jnp.zeros_like(template.reward), done=jnp.zeros_like(template.done))
 
 
-def rollout(env, template, physics, obs, policy, xs, action_bound=ACTION_BOUND):
+def rollout(env, template, physics, obs, policy, xs, *, action_bound):
     """Rollouts in the simulator from stored simulator states, one step per leading entry of
     `xs`.
 

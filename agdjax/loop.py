@@ -189,7 +189,7 @@ def resume_mismatch(saved_config: dict, saved_seeds, cfg: Config, seeds) -> str 
         if k == "total_env_steps":
             continue
         if old[k] != new[k]:
-            return (f"{k}={new[k]!r} differs from the run's {k}={saved_config.get(k, '<missing>')!r}"
+            return (f"{k}={new[k]!r} differs from the run's {k}={old[k]!r}"
                     f"; only total_env_steps may change when resuming")
     if cfg.total_env_steps < saved_config["total_env_steps"]:
         return (f"total_env_steps={cfg.total_env_steps} is less than the run's "

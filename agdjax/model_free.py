@@ -114,7 +114,7 @@ def make_model_free_train(cfg: Config) -> Program:
     def eval_phase(state: ModelFreeState, key):
         policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
         return {"eval_return": envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length,
-                                             cfg.env_action_bound)}
+                                             action_bound=cfg.env_action_bound)}
 
     run_chunk = make_run_chunk(cfg, lambda state, key, reads: eval_phase(state, key), train_iteration)
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from agdjax import diffusion
+from agdjax.envs import clip_action
 from agdjax.guidance import policy_guided_actions, state_guide_gradient
 from agdjax.normalize import unpack
 
@@ -65,16 +66,11 @@ class Guidance(NamedTuple):
     guide_last_row: bool = False
 
 
-def _within(a_raw, action_bound):
-    """a_raw clipped to [-action_bound, action_bound]; unchanged when action_bound is None."""
-    return a_raw if action_bound is None else jnp.clip(a_raw, -action_bound, action_bound)
-
-
 def env_actions(norm, a_norm, action_bound):
     """Normalised actions [..., A] -> (raw actions clipped to [-action_bound, action_bound]
     (not clipped when action_bound is None),
     the same re-normalised): what the environment would have executed and stored."""
-    a_raw = _within(norm.action.unnormalize(a_norm), action_bound)
+    a_raw = clip_action(norm.action.unnormalize(a_norm), action_bound)
     return a_raw, norm.action.normalize(a_raw)
 
 
@@ -108,7 +104,7 @@ def reverse_step(fns: SamplerFns, sched: diffusion.Schedule, norm, s0, g: Guidan
     ratio = jnp.float32(0.0)
     if g.guide != "none":
         grad = state_guide_gradient(g.guide, x0_hat[..., :obs_dim], x0_hat[..., -2], x0_hat[..., -1],
-                                    _within(a_raw, g.action_bound), norm.obs,
+                                    clip_action(a_raw, g.action_bound), norm.obs,
                                     norm.reward, fns.value, fns.reward, g.gamma, g.guide_last_row)
         step = g.guide_scale * sigma**4 * grad
         ratio = jnp.linalg.norm(step) / jnp.maximum(jnp.linalg.norm(x0_hat[..., :obs_dim]), 1e-12)

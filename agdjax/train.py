@@ -358,7 +358,7 @@ def wm_error_from(setup: Setup, state: TrainState, key, starts):
     return dict(trajectory_errors(im.obs, im.reward[:, :-1], sim_obs, sim_reward, im.terminal),
                 wm_advantage_corr=corr, **effect,
                 wm_action_cost_ratio=action_cost_ratio(  # on the actions the simulator was given
-                    im.action[:, :-1] if bound is None else jnp.clip(im.action[:, :-1], -bound, bound),
+                    envs.clip_action(im.action[:, :-1], bound),
                     im.reward[:, :-1], sim_reward, im.terminal, sim_term))
 
 
@@ -428,7 +428,8 @@ def evaluate(setup: Setup, state: TrainState, key, starts):
     cfg = setup.cfg
     k_ev, _, k_im = eval_keys(key)
     m = {"eval_return": envs.evaluate(setup.env, policy_mean(setup, state.agent.actor), k_ev,
-                                      cfg.eval_episodes, cfg.episode_length, cfg.env_action_bound)}
+                                      cfg.eval_episodes, cfg.episode_length,
+                                      action_bound=cfg.env_action_bound)}
     if starts is not None:
         m.update({k: v for k, v in wm_error_from(setup, state, k_im, starts).items() if k in WM_METRICS})
     return m

@@ -98,7 +98,7 @@ def action_cost_ratio(action, im_reward, sim_reward, im_terminal, sim_terminal):
     weight itself.
 
     action [B, H-1, act_dim] (the actions replayed, rows 0 … H-2, as the simulator was given
-    them: clipped to the action space, envs.sim_step), im_reward / sim_reward
+    them: clipped under env_action 'clipped', envs.clip_action), im_reward / sim_reward
     [B, H-1], im_terminal [B, H], sim_terminal [B, H-1] (0/1): a transition counts while
     neither trajectory has terminated before it. NaN when fewer than 3 transitions count or
     the simulator's slope is not positive (its reward then does not charge the action).
@@ -142,11 +142,10 @@ def guide_effect(normalize_obs, value_fn, gamma: float, obs, reward, terminal, b
 
 # ---------------------------------------------------------------------------- command line
 def _config_from_dict(d: dict):
-    """A Config from a run's config.json (fields the current Config does not know are left out)."""
-    import dataclasses
-    from agdjax.config import Config, normalize_sweep, validate, completed_config
-    names = {f.name for f in dataclasses.fields(Config)}
-    values = {k: v for k, v in completed_config(d).items() if k in names}
+    """A Config from a run's config.json (fields the current Config does not know are left out;
+    fields it predates as `config.saved_values` fills them)."""
+    from agdjax.config import Config, normalize_sweep, saved_values, validate
+    values = saved_values(d)
     values["sweep"] = normalize_sweep(values.get("sweep") or {})
     return validate(Config(**values))
 

@@ -288,7 +288,8 @@ def agdjax_pieces(cfg, vmapped: bool):
     keys = key[None] if vmapped else key
     state = jax.jit(_seed_axis(prog.init, vmapped))(keys)
     _, ro = jax.jit(ph["collect"])(state, keys)
-    step = jax.vmap(functools.partial(agd_envs.step, env, episode_length=cfg.episode_length))
+    step = jax.vmap(functools.partial(agd_envs.step, env, episode_length=cfg.episode_length,
+                                      action_bound=cfg.env_action_bound))
     action = jnp.zeros((1, cfg.n_envs, env.action_size) if vmapped else (cfg.n_envs, env.action_size)) + 0.1
 
     def env_only(carry, a):

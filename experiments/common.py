@@ -146,7 +146,8 @@ def _saved_run(logdir: str):
 def build_config(task: str, platform: str, saved=None) -> C.Config:
     """The run's config from the flags. On --resume, every config value comes from the saved
     run (preset values too, since a preset may have changed after the run started; a field the
-    run's config.json predates takes its default, as the resume checks assume) except the
+    run's config.json predates takes its default, or the value older runs had
+    (`config.saved_values`), as the resume checks assume) except the
     flags given now. Fails with a one-line message on any bad value."""
     preset = FLAGS.preset
     if preset not in C.PRESETS:
@@ -185,7 +186,7 @@ def check_resume_flags(saved, platform: str, logdir: str):
             shown, value = value, (parsed if len(parsed) > 1 else parsed[0])
             old = saved_sweep.get(name, saved_cfg.get(name))
         else:
-            old = saved_cfg.get(name, value)
+            old = C.saved_values(saved_cfg).get(name, value)
         if old != value:
             fail(f"--resume: --{name}={shown} differs from the run's {old!r} in "
                  f"--logdir={logdir}; only --total_env_steps may change when resuming")
@@ -205,7 +206,7 @@ def check_resume(cfg: C.Config, seeds, saved, logdir: str):
             continue
         if old[k] != new[k]:
             what = f"--{k}={new[k]!r}" if k in flag_fields else f"config field {k}={new[k]!r}"
-            fail(f"--resume: {what} differs from the run's {saved_cfg.get(k, '<missing>')!r} in "
+            fail(f"--resume: {what} differs from the run's {old[k]!r} in "
                  f"--logdir={logdir}; only --total_env_steps may change when resuming")
     old_total = saved_cfg.get("total_env_steps", 0)
     if cfg.total_env_steps < old_total:

@@ -19,8 +19,8 @@ def test_step_batch_equals_vmapped_step_with_resets():
     n, T, L = 3, 7, 3  # episode length 3: time-limit resets at steps 3 and 6
     carry = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(jax.random.PRNGKey(0), n))
     actions = jax.random.uniform(jax.random.PRNGKey(1), (T, n, env.action_size), minval=-1.5, maxval=1.5)
-    per_env = jax.vmap(functools.partial(envs.step, env, episode_length=L))
-    batch = functools.partial(envs.step_batch, env, episode_length=L)
+    per_env = jax.vmap(functools.partial(envs.step, env, episode_length=L, action_bound=1.0))
+    batch = functools.partial(envs.step_batch, env, episode_length=L, action_bound=1.0)
     a = jax.jit(functools.partial(_rollout, per_env))(carry, actions)
     b = jax.jit(functools.partial(_rollout, batch))(carry, actions)
     assert float(a[1].truncated.sum()) == 2 * n  # both resets happened
@@ -44,7 +44,7 @@ def test_environment_gets_the_clipped_action_and_the_transition_keeps_the_raw_on
     physics still clamps the action but the control cost is charged on the raw one."""
     env = envs.make_env("halfcheetah", "positional")
     carry = envs.reset(env, jax.random.PRNGKey(0))
-    step = jax.jit(functools.partial(envs.step, env, episode_length=1000))
+    step = jax.jit(functools.partial(envs.step, env, episode_length=1000, action_bound=1.0))
     step_raw = jax.jit(functools.partial(envs.step, env, episode_length=1000, action_bound=None))
     big = jnp.full((env.action_size,), 2.5).at[0].set(-3.0)
     clipped = jnp.clip(big, -1.0, 1.0)
@@ -78,7 +78,7 @@ def test_every_stepping_function_takes_the_rule():
                                                     big[None], action_bound=bound))()[2]
     np.testing.assert_allclose(np.asarray(ro(1.0) - ro(None)), extra, rtol=1e-4)
     ev = lambda bound: float(jax.jit(lambda: envs.evaluate(env, lambda o: jnp.full((o.shape[0], env.action_size), 2.0),
-                                                           jax.random.PRNGKey(1), 2, 3, bound))())
+                                                           jax.random.PRNGKey(1), 2, 3, action_bound=bound))())
     np.testing.assert_allclose(ev(1.0) - ev(None), 3 * extra, rtol=1e-3)
     for rule, bound in (("clipped", 1.0), ("raw", None)):
         cfg = make_config("halfcheetah", "smoke", backend="positional", env_action=rule)

@@ -216,7 +216,8 @@ def test_oracle_imagination_trains_on_the_simulator(smoke_oracle):
     s0, phys = rb.sample_starts(one.replay, k_s, cfg.agent_batch)
     np.testing.assert_allclose(np.asarray(s0), np.asarray(im.obs[:, 0]))
     template = jax.tree.map(lambda x: x[0], one.env.state)
-    replay_open_loop = jax.jit(lambda p, o, a: envs.rollout(env, template, p, o, lambda x, _: x, a))
+    replay_open_loop = jax.jit(lambda p, o, a: envs.rollout(env, template, p, o, lambda x, _: x, a,
+                                                            action_bound=cfg.env_action_bound))
     o, _, r, _ = replay_open_loop(phys, s0, jnp.swapaxes(im.action[:, :1], 0, 1))
     np.testing.assert_allclose(np.asarray(o[:, 1]), np.asarray(im.obs[:, 1]), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(np.asarray(r[:, 0]), np.asarray(im.reward[:, 0]), rtol=1e-4, atol=1e-4)

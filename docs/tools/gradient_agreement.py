@@ -65,14 +65,15 @@ def kind_config(cfg, kind):
     return dataclasses.replace(cfg, imagination="diffusion", guide=kind, guide_scale=scale)
 
 
-def replayed(env, state, im, key, agent_batch, rewards_only=False):
+def replayed(env, state, im, key, agent_batch, action_bound, rewards_only=False):
     """`im` with its states, rewards and terminals (only its rewards) replaced by the
     simulator's under its own actions, from the start states that imagine() drew with `key`
     (train.imagine's split)."""
     s0, physics = rb.sample_starts(state.replay, jax.random.split(key)[0], agent_batch)
     template = jax.tree.map(lambda x: x[0], state.env.state)
     actions = jnp.swapaxes(im.action[:, :-1], 0, 1)  # [H-1, B, A]
-    obs, _, reward, term = envs.rollout(env, template, physics, s0, lambda a, o: a, actions)
+    obs, _, reward, term = envs.rollout(env, template, physics, s0, lambda a, o: a, actions,
+                                        action_bound=action_bound)
     pad = lambda x: jnp.concatenate([x, jnp.zeros_like(x[:, :1])], 1)
     if rewards_only:
         return im._replace(reward=pad(reward))
@@ -91,7 +92,7 @@ def gradients(cfg, kind, state, keys):
     def one(state, key):
         im = prog.phases["imagine"](state, key)
         if sim:
-            im = replayed(env, state, im, key, c.agent_batch, rewards_only=sim == "simr")
+            im = replayed(env, state, im, key, c.agent_batch, c.env_action_bound, rewards_only=sim == "simr")
         adv = one_step_advantage(lambda o: nets.critic(state.agent.critic, o), im.obs, im.reward, im.terminal,
                                  c.gamma)
         return actor_gradient(c, nets, state.agent, im), adv.mean()

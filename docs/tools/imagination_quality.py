@@ -5,7 +5,7 @@ replay with Config overrides (`train k=v ...`).
 usage: python docs/tools/imagination_quality.py RUN [adv] [train updates=50000 every=25000 k=v ...]"""
 import os, sys, time, dataclasses, functools, jax, jax.numpy as jnp, numpy as np, optax
 jax.config.update("jax_compilation_cache_dir", os.path.expanduser("~/.cache/agdjax-jax"))
-from agdjax import diffusion, normalize, replay as rb
+from agdjax import diffusion, envs, normalize, replay as rb
 from agdjax.train import make_modules
 from agdjax import wm_error
 from agdjax.wm_error import load_run
@@ -50,7 +50,7 @@ def report(tag, c, params, key=jax.random.PRNGKey(123), b=2048):
     mse = lambda p, k: float(((p[:, k, :obs_dim] - x[:, k, :obs_dim]) ** 2).mean())
     rs = float(norm.reward.std[0])
     r_true = x[:, :-1, -2] * rs; r_t = xt[:, :-1, -2] * rs; r_s = xs[:, :-1, -2] * rs
-    ctrl = -0.1 * (np.clip(raw_a[:, :-1], -1, 1) ** 2).sum(-1)  # charged on the clipped action (envs.sim_step)
+    ctrl = -0.1 * (np.asarray(envs.clip_action(raw_a[:, :-1], c.env_action_bound)) ** 2).sum(-1)  # what the simulator charged
     m = alive.reshape(-1)
     def slope(y):
         X = np.stack([ctrl.reshape(-1)[m], r_true.reshape(-1)[m] - ctrl.reshape(-1)[m], np.ones(m.sum())], 1)
@@ -81,7 +81,7 @@ def adv_corr(tag, c, params, b=1024, key=jax.random.PRNGKey(11)):
         im = prog.phases["imagine"](st, key)
         template = jax.tree.map(lambda x: x[0], st.env.state)
         acts = jnp.swapaxes(im.action[:, :-1], 0, 1)
-        so, _, sr, sd = envs.rollout(env, template, phys, s0, lambda a, o: a, acts)
+        so, _, sr, sd = envs.rollout(env, template, phys, s0, lambda a, o: a, acts, action_bound=c.env_action_bound)
         V = lambda o: Critic(c.hidden).apply(st.agent.critic, o)
         corr = wm_error.advantage_corr(V, c.gamma, im.obs, im.reward[:, :-1], im.terminal, so, sr, sd)
         return corr, im.reward[:, 0], sr[:, 0]

@@ -15,7 +15,7 @@ def probe(state, key):
     s0, phys = rb.sample_starts(state.replay, k_s, 512)
     template = jax.tree.map(lambda x: x[0], state.env.state)
     acts = jnp.swapaxes(im.action[:, :-1], 0, 1)
-    so, _, sr, _ = envs.rollout(env, template, phys, s0, lambda a, o: a, acts)
+    so, _, sr, _ = envs.rollout(env, template, phys, s0, lambda a, o: a, acts, action_bound=cfg.env_action_bound)
     return im, so, sr
 im, so, sr = probe(state, jax.random.PRNGKey(5))
 im, so, sr = jax.tree.map(np.asarray, (im, so, sr))
