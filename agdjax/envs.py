@@ -26,6 +26,9 @@ from agdjax.config import ACTION_BOUND
 # wrapper clips it), so the world model is trained, and queried in imagination, on the actions
 # the policy produces, with the reward the simulator gave.
 REPLAY_ACTIONS = "raw"
+# The bound of the actions the replay holds, which the world model is trained and queried on
+# (`sampler.Guidance.action_bound`): None, since it stores the raw sample.
+REPLAY_ACTION_BOUND = None if REPLAY_ACTIONS == "raw" else ACTION_BOUND
 
 
 class EnvCarry(NamedTuple):

@@ -301,7 +301,7 @@ def diffusion_imagine(setup: Setup, state: TrainState, key, s0, guide: str | Non
                   guide=guide, guide_scale=scale, gamma=cfg.gamma, act_dim=setup.act_dim,
                   clip_sigmas=cfg.action_clip_sigmas, clamp_last_steps=cfg.clamp_last_steps,
                   clamp_value=cfg.clamp_value, horizon=cfg.horizon,
-                  action_bound=None if envs.REPLAY_ACTIONS == "raw" else 1.0,  # what the replay stores
+                  action_bound=envs.REPLAY_ACTION_BOUND,  # what the replay stores
                   scale_actions=cfg.scale_action_input, timesteps=setup.sample_timesteps,
                   guide_last_row=cfg.guide_last_row)
 

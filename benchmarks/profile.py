@@ -72,7 +72,7 @@ def _guidance(cfg, guide, delta):
     from agdjax import envs
     from agdjax.sampler import Guidance
     return Guidance(delta, guide, cfg.c if guide != "none" else 0.0, cfg.gamma, cfg.action_clip_sigmas,
-                    cfg.clamp_last_steps, cfg.clamp_value, None if envs.REPLAY_ACTIONS == "raw" else 1.0,
+                    cfg.clamp_last_steps, cfg.clamp_value, envs.REPLAY_ACTION_BOUND,
                     True, cfg.scale_action_input)
 
 

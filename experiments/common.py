@@ -173,7 +173,7 @@ def check_resume_flags(saved, platform: str, logdir: str):
     """Fails if a flag given on the command line differs from the saved run's value (before
     the config is built, so the message names that flag)."""
     saved_cfg = saved[0]
-    saved_sweep = saved_cfg.get("sweep") or {}
+    saved_sweep, saved_fields = saved_cfg.get("sweep") or {}, C.saved_values(saved_cfg)
     for name in ("preset",) + _CONFIG_FLAGS:
         if name == "total_env_steps" or not _given(name):
             continue
@@ -186,7 +186,7 @@ def check_resume_flags(saved, platform: str, logdir: str):
             shown, value = value, (parsed if len(parsed) > 1 else parsed[0])
             old = saved_sweep.get(name, saved_cfg.get(name))
         else:
-            old = C.saved_values(saved_cfg).get(name, value)
+            old = saved_fields.get(name, value)
         if old != value:
             fail(f"--resume: --{name}={shown} differs from the run's {old!r} in "
                  f"--logdir={logdir}; only --total_env_steps may change when resuming")
