@@ -1,5 +1,7 @@
 """`python -m agdjax.compare RUN_DIR [RUN_DIR ...] [--out DIR] [--steps 10000,50000]
-[--zero_scale_is_none]`: a comparison report of several runs, seeds pooled by their settings.
+[--zero_scale_is_none] [--metric eval_return_sampled]`: a comparison report of several runs,
+seeds pooled by their settings (of the mean-action eval return, or with `--metric` of the
+sampled-action one).
 
 Every seed of every run is one member. Members whose runs have the same configuration (the
 whole `config` of config.json with the guide scale as resolved, `Config.c`) form a group,
@@ -97,12 +99,16 @@ def member_config(run: dict, member: dict) -> dict:
     return cfg
 
 
-def member_curves(run: dict) -> dict:
-    """{member id: {env_steps: eval_return}} of one run (member id: seed, then the swept values);
-    NaN/missing eval_return rows skipped."""
+# the evaluations a report can be made of (train.EVAL_METRICS): name -> its axis label
+CURVE_METRICS = {"eval_return": "eval return", "eval_return_sampled": "eval return, sampled actions"}
+
+
+def member_curves(run: dict, metric: str = "eval_return") -> dict:
+    """{member id: {env_steps: value of `metric`}} of one run (member id: seed, then the swept
+    values; metric: a CURVE_METRICS name); NaN/missing rows skipped."""
     out = {_member_id(run, m): {} for m in run.get("members", [{"seed": s} for s in run["seeds"]])}
     for r in run["rows"]:
-        v = r.get("eval_return")
+        v = r.get(metric)
         if _finite(v):
             out.setdefault(_member_id(run, r), {})[int(r["env_steps"])] = float(v)
     return out
@@ -146,14 +152,15 @@ def zero_scale_as_none(cfg: dict) -> dict:
     return cfg
 
 
-def group_runs(runs, zero_scale_is_none: bool = False) -> list:
+def group_runs(runs, zero_scale_is_none: bool = False, metric: str = "eval_return") -> list:
     """[{label, config, runs, members: [(run, seed, curve, wm)]}] in order of first appearance;
     runs whose configs differ only in guide_scale None vs its resolved value share a group. The
     members of a sweep go to the group of their swept values (config.json `members`). With
-    `zero_scale_is_none`, members with c = 0 join the `none` group (zero_scale_as_none)."""
+    `zero_scale_is_none`, members with c = 0 join the `none` group (zero_scale_as_none). The
+    curves are of `metric` (member_curves)."""
     groups = {}
     for run in runs:
-        curves, wm = member_curves(run), member_wm(run)
+        curves, wm = member_curves(run, metric), member_wm(run)
         for m in run.get("members", [{"seed": s} for s in run["seeds"]]):
             cfg = member_config(run, m)
             if zero_scale_is_none:
@@ -295,15 +302,15 @@ def _hms(seconds) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def render_markdown(stats, steps, reps: int) -> str:
-    """compare.md: the eval-return table and the world-model / wall-time table."""
+def render_markdown(stats, steps, reps: int, metric: str = "eval_return") -> str:
+    """compare.md: the table of `metric` (a CURVE_METRICS name) and the world-model / wall-time table."""
     head = ["group", "seeds"] + [f"{s:,} steps" for s in steps] + ["end", "IQM end", "AUC"]
     lines = ["# Comparison", "",
-             f"Eval return: mean over seeds [95% stratified-bootstrap confidence interval, "
+             f"{CURVE_METRICS[metric].capitalize()} (`{metric}`): mean over seeds [95% stratified-bootstrap confidence interval, "
              f"rliable, {reps} resamples]. A seed's value at S env steps is its latest evaluation at "
              "or before S (seeds whose run ended before S are left out: `n=` says how many count). "
              "`end`: each seed's last evaluation; `IQM end`: interquartile mean of those; `AUC`: "
-             "each seed's mean eval return over its evaluation points. One seed: the interval is "
+             "each seed's mean over its evaluation points. One seed: the interval is "
              "the point.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for st in stats:
@@ -329,8 +336,9 @@ def render_markdown(stats, steps, reps: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_groups(curves, path: str, title=None):
-    """compare.png: eval return vs env steps, per group the mean over seeds and its 95% band.
+def plot_groups(curves, path: str, title=None, metric: str = "eval_return"):
+    """compare.png: `metric` (a CURVE_METRICS name) vs env steps, per group the mean over seeds
+    and its 95% band.
 
     curves: [(label, n_seeds, {env_steps: (mean, low, high, n)})]."""
     import matplotlib
@@ -345,7 +353,7 @@ def plot_groups(curves, path: str, title=None):
         line, = ax.plot(x, mean, label=f"{label} ({n} seed{'s' if n != 1 else ''})")
         ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color(), linewidth=0)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("eval return (mean, 95% CI)")
+    ax.set_ylabel(f"{CURVE_METRICS[metric]} (mean, 95% CI)")
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -356,24 +364,31 @@ def plot_groups(curves, path: str, title=None):
 
 
 def compare(run_dirs, out_dir=None, steps=None, reps: int = 5000, seed: int = 0, title=None,
-            zero_scale_is_none: bool = False) -> dict:
+            zero_scale_is_none: bool = False, metric: str = "eval_return") -> dict:
     """Writes compare.md, compare.png and compare.json for `run_dirs` into `out_dir` (default:
-    the first run directory); returns the JSON dict. `zero_scale_is_none`: see group_runs.
+    the first run directory); returns the JSON dict. `zero_scale_is_none`: see group_runs;
+    `metric`: the evaluation compared, a CURVE_METRICS name.
 
     Raises:
       FileNotFoundError: a run directory lacks config.json or metrics.jsonl.
+      ValueError: `metric` is not a CURVE_METRICS name, or a run never logged it.
     """
+    if metric not in CURVE_METRICS:
+        raise ValueError(f"metric={metric!r} is not one of {', '.join(CURVE_METRICS)}")
     runs = [load_run(d) for d in run_dirs]
-    groups = group_runs(runs, zero_scale_is_none)
+    missing = [r["dir"] for r in runs if not any(_finite(row.get(metric)) for row in r["rows"])]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} logged no {metric} (runs older than agdjax 2026-12-04 log eval_return only)")
+    groups = group_runs(runs, zero_scale_is_none, metric)
     steps = sorted(steps) if steps else default_steps(groups)
     stats = [group_stats(g, steps, reps, seed) for g in groups]
     curves = [(g["label"], len(g["members"]), group_curve(g, reps, seed)) for g in groups]
     out_dir = out_dir or run_dirs[0]
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
-        f.write(render_markdown(stats, steps, reps))
-    plot_groups(curves, os.path.join(out_dir, "compare.png"), title)
-    result = {"steps": steps, "reps": reps, "groups": stats,
+        f.write(render_markdown(stats, steps, reps, metric))
+    plot_groups(curves, os.path.join(out_dir, "compare.png"), title, metric)
+    result = {"metric": metric, "steps": steps, "reps": reps, "groups": stats,
               "curves": {label: {str(k): v for k, v in c.items()} for label, _, c in curves}}
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
         json.dump(result, f, indent=1)
@@ -401,13 +416,15 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5000, help="bootstrap resamples (default 5000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
     p.add_argument("--title", default=None, help="figure title")
+    p.add_argument("--metric", default="eval_return", choices=list(CURVE_METRICS),
+                   help="the evaluation compared: the mean action (default, the reference's) or sampled actions")
     p.add_argument("--zero_scale_is_none", action="store_true",
                    help="pool members of a guide at scale c = 0 (e.g. a --guide_scale=0,3 sweep) into the none group")
     args = p.parse_args(argv)
     try:
         result = compare(args.run_dirs, args.out, args.steps, args.reps, args.seed, args.title,
-                         args.zero_scale_is_none)
-    except FileNotFoundError as e:
+                         args.zero_scale_is_none, args.metric)
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.run_dirs[0]

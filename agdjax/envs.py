@@ -157,26 +157,32 @@ def step_batch(env, carry: EnvCarry, actions: jax.Array, episode_length: int, *,
     return EnvCarry(new_state, jnp.where(end, 0, t), keys[:, 0]), tr
 
 
-def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: int, *, action_bound):
+def evaluate(env, policy_fn, key: jax.Array, n_episodes: int, episode_length: int, *, action_bound,
+             sampled: bool = False):
     """Mean undiscounted return of `policy_fn` over `n_episodes` parallel episodes.
 
-    `policy_fn(obs[n, obs_dim]) -> action[n, act_dim]` (deterministic, e.g. mean action), given
-    to the simulator as in `step` (action_bound).
-    An episode's return stops accumulating at its first termination. Returns float32 [].
+    `policy_fn(obs[n, obs_dim]) -> action[n, act_dim]` (deterministic, e.g. the mean action), or
+    with `sampled=True` `policy_fn(key, obs) -> action` (e.g. train.policy_sample), given to
+    the simulator as in `step` (action_bound). The episodes start from the same states for
+    both kinds at the same `key` (a paired comparison); the sampling keys come from
+    `fold_in(key, 1)`. An episode's return stops accumulating at its first termination.
+    Returns float32 [].
     """
     keys = jax.random.split(key, n_episodes)
     carry = jax.vmap(functools.partial(reset, env))(keys)
+    act = policy_fn if sampled else (lambda k, obs: policy_fn(obs))
 
-    def body(c, _):
+    def body(c, k):
         env_carry, ret, alive = c
-        action = policy_fn(env_carry.state.obs)
+        action = act(k, env_carry.state.obs)
         nxt = jax.vmap(functools.partial(sim_step, env, action_bound=action_bound))(env_carry.state, action)
         ret = ret + alive * nxt.reward
         alive = alive * (1.0 - nxt.done)
         return (env_carry._replace(state=nxt), ret, alive), None
 
     init = (carry, jnp.zeros((n_episodes,)), jnp.ones((n_episodes,)))
-    (_, ret, _), _ = jax.lax.scan(body, init, None, length=episode_length)
+    step_keys = jax.random.split(jax.random.fold_in(key, 1), episode_length) if sampled else None
+    (_, ret, _), _ = jax.lax.scan(body, init, step_keys, length=episode_length)
     return ret.mean()
 
 

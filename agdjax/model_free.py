@@ -25,7 +25,7 @@ from agdjax.agents import a2c, onpolicy, ppo, trpo
 from agdjax.agents.onpolicy import Rollout
 from agdjax.config import Config, ConfigError
 from agdjax.networks import Actor, Critic, policy_dist
-from agdjax.train import Program, make_run_chunk
+from agdjax.train import Program, make_run_chunk, policy_evaluations
 
 LEARNERS = {"ppo": ppo, "trpo": trpo}
 
@@ -113,8 +113,8 @@ def make_model_free_train(cfg: Config) -> Program:
 
     def eval_phase(state: ModelFreeState, key):
         policy_mean = lambda obs: actor.apply(state.agent.actor, obs)[0]
-        return {"eval_return": envs.evaluate(env, policy_mean, key, cfg.eval_episodes, cfg.episode_length,
-                                             action_bound=cfg.env_action_bound)}
+        policy_sample = lambda k, obs: policy_dist(*actor.apply(state.agent.actor, obs)).sample(seed=k)
+        return policy_evaluations(env, policy_mean, policy_sample, key, cfg)
 
     run_chunk = make_run_chunk(cfg, lambda state, key, reads: eval_phase(state, key), train_iteration)
 

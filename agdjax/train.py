@@ -26,7 +26,10 @@ from agdjax.wm_error import WM_METRICS, action_cost_ratio, advantage_corr, guide
 METRICS = ("diffusion_loss", "reward_model_loss", "actor_loss", "critic_loss", "imagined_advantage",
            "action_guidance_scale", "logprob_change", "actor_lr", "kl", "train_return", "policy_std",
            "critic_explained_variance", "guide_step_ratio", "action_z_std", "policy_mean_abs")
-EVAL_METRICS = ("eval_return",) + WM_METRICS  # computed by the evaluation phase, logged at its env step
+# computed by the evaluation phase, logged at its env step. eval_return: the mean action (the
+# reference's evaluation, use_mean=True); eval_return_sampled: actions sampled from the policy,
+# from the same start states (the policy that A2C trains; a diagnostic)
+EVAL_METRICS = ("eval_return", "eval_return_sampled") + WM_METRICS
 
 
 @struct.dataclass
@@ -407,6 +410,14 @@ def agent_phase(setup: Setup, state: TrainState, key):
     return state, jax.tree.map(jnp.mean, m)
 
 
+def policy_evaluations(env, mean_fn, sample_fn, key, cfg: Config):
+    """{eval_return: the mean action's return, eval_return_sampled: the sampled actions'} over
+    cfg.eval_episodes episodes from the same start states (envs.evaluate at the same `key`)."""
+    ev = lambda fn, sampled: envs.evaluate(env, fn, key, cfg.eval_episodes, cfg.episode_length,
+                                           action_bound=cfg.env_action_bound, sampled=sampled)
+    return {"eval_return": ev(mean_fn, False), "eval_return_sampled": ev(sample_fn, True)}
+
+
 def eval_keys(key):
     """(episodes, start states, imagination) keys of the evaluation at `key`: the last two
     are wm_error_phase's split of the evaluation's second key."""
@@ -423,13 +434,13 @@ def eval_reads(setup: Setup, state: TrainState, key):
 
 
 def evaluate(setup: Setup, state: TrainState, key, starts):
-    """{eval_return, and the WM_METRICS if starts is not None} of the evaluation at `key`;
+    """{eval_return, eval_return_sampled, and the WM_METRICS if starts is not None} of the
+    evaluation at `key`;
     starts: (obs [B, obs_dim], physics [B, n_phys]) from eval_reads(state, key), or None."""
     cfg = setup.cfg
     k_ev, _, k_im = eval_keys(key)
-    m = {"eval_return": envs.evaluate(setup.env, policy_mean(setup, state.agent.actor), k_ev,
-                                      cfg.eval_episodes, cfg.episode_length,
-                                      action_bound=cfg.env_action_bound)}
+    m = policy_evaluations(setup.env, policy_mean(setup, state.agent.actor),
+                           policy_sample(setup, state.agent.actor), k_ev, cfg)
     if starts is not None:
         m.update({k: v for k, v in wm_error_from(setup, state, k_im, starts).items() if k in WM_METRICS})
     return m

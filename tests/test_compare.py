@@ -15,9 +15,10 @@ from agdjax.config import make_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def write_run(d, seeds, curves, wall_s=100.0, summary=True, wm=None, **cfg_over):
+def write_run(d, seeds, curves, wall_s=100.0, summary=True, wm=None, sampled_offset=None, **cfg_over):
     """A run directory: config.json, metrics.jsonl (a row per seed per 16 env steps, eval_return
-    only at the keys of curves[seed], NaN on some other rows, as JSON writes it), summary.json."""
+    only at the keys of curves[seed], NaN on some other rows, as JSON writes it; with
+    sampled_offset also eval_return_sampled = eval_return + sampled_offset), summary.json."""
     cfg = make_config("halfcheetah", "smoke", backend="spring", **cfg_over).to_dict()
     os.makedirs(d)
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -29,6 +30,8 @@ def write_run(d, seeds, curves, wall_s=100.0, summary=True, wm=None, **cfg_over)
                 row = {"seed": s, "env_steps": step, "diffusion_loss": 0.5}
                 if step in curves[s]:
                     row["eval_return"] = curves[s][step]
+                    if sampled_offset is not None:
+                        row["eval_return_sampled"] = curves[s][step] + sampled_offset
                 elif step % 16 == 0:
                     row["eval_return"] = float("nan")
                 if wm and step > 0:
@@ -202,3 +205,20 @@ def test_zero_scale_members_pool_with_none_on_request(tmp_path):
     assert compare.main(runs + ["--out", str(tmp_path / "c"), "--steps=64", "--reps=200", "--zero_scale_is_none"]) == 0
     with open(tmp_path / "c" / "compare.json") as f:
         assert {g["label"] for g in json.load(f)["groups"]} == {"none", "sag c=3"}
+
+
+def test_the_sampled_action_evaluation_on_request(tmp_path):
+    """--metric=eval_return_sampled reports that field (known answer: the mean action's curve +
+    100); a run that never logged it is an error naming it, as is an unknown metric."""
+    new = write_run(tmp_path / "new", [0, 1], {0: {0: 0.0, 32: 10.0}, 1: {0: 2.0, 32: 30.0}},
+                    guide="sag", sampled_offset=100.0)
+    mean = by_label(compare.compare([new], str(tmp_path / "m"), steps=[32], reps=200))
+    got = by_label(compare.compare([new], str(tmp_path / "s"), steps=[32], reps=200, metric="eval_return_sampled"))
+    assert mean["sag c=4"]["at_steps"]["32"][0] == pytest.approx(20.0)
+    assert got["sag c=4"]["at_steps"]["32"][0] == pytest.approx(120.0)
+    assert "eval_return_sampled" in open(tmp_path / "s" / "compare.md").read()
+    old = write_run(tmp_path / "old", [0], {0: {0: 1.0, 32: 3.0}})
+    with pytest.raises(ValueError, match="old logged no eval_return_sampled"):
+        compare.compare([new, old], str(tmp_path / "x"), metric="eval_return_sampled")
+    with pytest.raises(ValueError, match="is not one of eval_return, eval_return_sampled"):
+        compare.compare([new], str(tmp_path / "x"), metric="train_return")

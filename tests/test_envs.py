@@ -84,3 +84,26 @@ def test_every_stepping_function_takes_the_rule():
         cfg = make_config("halfcheetah", "smoke", backend="positional", env_action=rule)
         got = jax.jit(make_setup(cfg).env_step)(carry, big)[1].reward
         np.testing.assert_allclose(np.asarray(got), np.asarray(r(bound)), rtol=1e-5, atol=1e-5)
+
+
+def test_sampled_evaluation_starts_where_the_mean_one_does_and_draws_its_own_keys():
+    """envs.evaluate(sampled=True) (eval_return_sampled): the episodes start from the states
+    of the deterministic evaluation at the same key (a key-blind policy gives the same return
+    exactly), and step t's action gets key t of split(fold_in(key, 1), episode_length): a
+    known answer by a Python loop over the simulator."""
+    env = envs.make_env("halfcheetah", "positional")
+    key, n, L = jax.random.PRNGKey(3), 2, 4
+    push = lambda o: jnp.tanh(o[:, :env.action_size])  # state-dependent, key-blind
+    ev = lambda fn, sampled: float(jax.jit(lambda: envs.evaluate(env, fn, key, n, L, action_bound=1.0,
+                                                                 sampled=sampled))())
+    assert ev(push, False) == ev(lambda k, o: push(o), True)
+    noisy = lambda k, o: push(o) + 2.0 * jax.random.normal(k, (o.shape[0], env.action_size))
+    got = ev(noisy, True)
+    assert abs(got - ev(push, False)) > 1e-3  # the noise is drawn and reaches the simulator
+    state = jax.vmap(functools.partial(envs.reset, env))(jax.random.split(key, n)).state
+    ret = np.zeros(n)
+    sim = jax.jit(jax.vmap(functools.partial(envs.sim_step, env, action_bound=1.0)))
+    for k in jax.random.split(jax.random.fold_in(key, 1), L):
+        state = sim(state, noisy(k, state.obs))
+        ret += np.asarray(state.reward)
+    np.testing.assert_allclose(got, ret.mean(), rtol=1e-4, atol=1e-4)

@@ -12,7 +12,8 @@ from agdjax.config import make_config
 
 FAST = "positional"  # the Brax backend that compiles fastest on a CPU
 REQUIRED = ("seed", "env_steps", "diffusion_loss", "actor_loss", "critic_loss", "imagined_advantage",
-            "action_guidance_scale", "env_steps_per_s", "policy_std", "policy_mean_abs")
+            "action_guidance_scale", "env_steps_per_s", "policy_std", "policy_mean_abs", "eval_return",
+            "eval_return_sampled")
 
 
 def smoke(cache, task="halfcheetah", guide="sag", backend=FAST, seeds=(0,), logdir=None, agent="a2c",
@@ -42,6 +43,7 @@ def test_smoke_every_guide(smoke_runs, guide):
     state, rows, summary = smoke(smoke_runs, guide=guide)
     check_rows(rows)
     assert math.isfinite(summary["final_eval_return_mean"])
+    assert rows[-1]["eval_return_sampled"] != rows[-1]["eval_return"]  # std 1: sampling changes the episodes
     if guide == "reward":
         assert any(math.isfinite(r.get("reward_model_loss", float("nan"))) for r in rows)
 
@@ -56,7 +58,9 @@ def test_smoke_every_task(smoke_runs, task, guide, agent):
 
 def test_smoke_model_free_through_the_driver(smoke_runs, tmp_path):
     _, rows, summary = smoke(smoke_runs, guide="none", agent="ppo", model_free=True, logdir=str(tmp_path))
-    check_rows(rows, required=("seed", "env_steps", "actor_loss", "critic_loss", "kl", "env_steps_per_s"))
+    check_rows(rows, required=("seed", "env_steps", "actor_loss", "critic_loss", "kl", "env_steps_per_s",
+                               "eval_return", "eval_return_sampled"))
+    assert rows[-1]["eval_return_sampled"] != rows[-1]["eval_return"]
     assert "diffusion_loss" not in rows[-1]
     assert math.isfinite(summary["final_eval_return_mean"])
 

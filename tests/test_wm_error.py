@@ -242,6 +242,30 @@ def test_wm_error_command_compares_guides(smoke_oracle, capsys):
         assert needle in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_evaluate_command_reproduces_the_logged_evaluation_and_adds_the_sampled_one(smoke_oracle, tmp_path,
+                                                                                   capsys):
+    """python -m agdjax.evaluate on the run's checkpoints: at the run's key and episodes the
+    mean action's return is the logged eval_return of that step (the compile's rounding
+    apart); the sampled actions' return differs; the final checkpoint is flagged as evaluated
+    at another key. Bad input: exit 2 with one line."""
+    from agdjax import evaluate
+    _, _, logdir = smoke_oracle
+    res = evaluate.checkpoint_evaluations(logdir)
+    same = [r for r in res["rows"] if r["same_key"] and r["logged_eval_return"] is not None]
+    assert len(same) >= 2 and res["episodes"] == 2
+    for r in same:
+        assert r["eval_return"] == pytest.approx(r["logged_eval_return"], rel=1e-3, abs=1e-3), r
+        assert abs(r["eval_return_sampled"] - r["eval_return"]) > 1e-3, r
+    assert not res["rows"][-1]["same_key"] and res["rows"][-1]["env_steps"] == 64
+    assert evaluate.main([logdir, "--episodes=3"]) == 0
+    assert json.load(open(f"{logdir}/evaluations.json"))["episodes"] == 3
+    assert "eval_return_sampled" in capsys.readouterr().out
+    for argv, what in (([logdir, "--episodes=0"], "--episodes=0"), ([str(tmp_path)], "config.json")):
+        assert evaluate.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and what in err, err
+
+
 def test_respacing_benchmark_on_a_checkpoint(smoke_oracle, capsys):
     """benchmarks.respacing: per K, imagination speed and the world-model error of the run's
     checkpoint (finite, written to JSON and a table); K outside 1..T is refused."""
