@@ -10,7 +10,8 @@ import collections
 import json
 import math
 
-DIAG = [("eval_return_sampled", "eval sampled (mean)"), ("policy_std", "std"), ("policy_mean_abs", "mean abs μ"), ("critic_loss", "critic loss"),
+DIAG = [("eval_return_sampled", "eval sampled (mean)"), ("policy_std", "std"),
+        ("policy_mean_abs", "mean abs μ"), ("critic_loss", "critic loss"),
         ("critic_explained_variance", "critic EV"), ("logprob_change", "mean abs Δ log π"), ("actor_lr", "actor lr"),
         ("action_guidance_scale", "delta"), ("guide_step_ratio", "guide step"), ("train_return", "train return"),
         ("imagined_advantage", "im. adv."), ("diffusion_loss", "diffusion loss"),
